@@ -391,7 +391,7 @@ mod tests {
     fn requests_use_tagged_json_and_reject_unknown_fields() {
         let json = serde_json::to_string(&Request::Sync { freeze: true, freeze_timeout_ms: None }).unwrap();
         assert!(json.contains(r#""op":"sync""#), "{json}");
-        let err = serde_json::from_str::<Request>(r#"{"op":"thaw","evil":1}"#);
+        let err = serde_json::from_str::<Request>(r#"{"op":"download","path":"/x","evil":1}"#);
         assert!(err.is_err());
         let hello = hello_payload(&[7; NONCE_LEN], PROTOCOL_VERSION);
         assert_eq!(parse_hello(&hello), Some(([7; NONCE_LEN], PROTOCOL_VERSION)));

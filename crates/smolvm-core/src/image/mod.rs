@@ -1,0 +1,1 @@
+//! Guest images (kernel + initramfs + root filesystem).
