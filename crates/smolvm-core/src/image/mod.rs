@@ -162,6 +162,13 @@ impl ImageStore {
         self
     }
 
+    /// Keeps images in `dir` instead of `<data_dir>/images` (the data
+    /// directory's `SMOLVM_IMAGE_DIR` setting; tests share one image).
+    pub fn with_images_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.root = dir.into();
+        self
+    }
+
     /// `<data_dir>/images`.
     pub fn images_dir(&self) -> &Path {
         &self.root
@@ -193,6 +200,7 @@ impl ImageStore {
         for d in [&self.root, &self.cache] {
             fs::create_dir_all(d).map_err(ImageError::io("create directory", d))?;
         }
+        self.remove_stale_temp_dirs();
         let tmp = util::TempDir::create(
             self.root
                 .join(format!(".tmp-{name}-{}", util::random_suffix())),
@@ -261,6 +269,26 @@ impl ImageStore {
         tmp.keep();
         util::fsync(&self.root)?;
         self.get(name)
+    }
+
+    /// Removes `.tmp-*` build or delete dirs left by a process that was killed
+    /// (a day old: no live build takes that long). Best effort.
+    fn remove_stale_temp_dirs(&self) {
+        let Ok(rd) = fs::read_dir(&self.root) else {
+            return;
+        };
+        let day = std::time::Duration::from_secs(24 * 3600);
+        for e in rd.filter_map(Result::ok) {
+            let stale = e.file_name().to_string_lossy().starts_with(".tmp-")
+                && e.metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > day);
+            if stale {
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
     }
 
     /// The image called `name`.
