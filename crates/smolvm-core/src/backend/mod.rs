@@ -1,0 +1,248 @@
+//! One backend trait, with QEMU and Firecracker side by side behind it.
+//!
+//! The engine (`sandbox`, `snapshot`) never knows which VMM runs a
+//! sandbox: it calls [`Backend`] methods on an [`AnyBackend`], a closed
+//! enum that dispatches by `match` (the set of backends is ours, so no
+//! `dyn` is needed).
+
+pub mod accel;
+pub mod firecracker;
+pub mod qemu;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::agent::AgentEndpoint;
+use crate::error::{Coded, ErrorCode};
+use crate::image::Image;
+use crate::process::ProcessId;
+use crate::sandbox::SandboxConfig;
+
+/// Which VMM runs a sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// QEMU (`qemu-system-x86_64`).
+    Qemu,
+    /// Firecracker.
+    Firecracker,
+}
+
+impl BackendKind {
+    /// Lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Qemu => "qemu",
+            BackendKind::Firecracker => "firecracker",
+        }
+    }
+}
+
+/// Everything a backend needs to start a VM.
+pub struct LaunchSpec<'a> {
+    /// Sandbox name.
+    pub name: &'a str,
+    /// The sandbox directory (sockets and logs live here).
+    pub dir: &'a Path,
+    /// The sandbox's configuration.
+    pub config: &'a SandboxConfig,
+    /// The guest image.
+    pub image: &'a Image,
+    /// The writable root disk (the top of the sandbox's layer chain).
+    pub disk: &'a Path,
+    /// The top layer's id (QEMU names its block node after it).
+    pub disk_id: &'a str,
+    /// Start with the vCPUs stopped.
+    pub paused: bool,
+    /// Load this saved machine state instead of booting (restore).
+    pub incoming: Option<&'a Path>,
+}
+
+/// Failures of a VMM operation.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The VMM program is not installed.
+    #[error("{program} is not installed or not on PATH; {install_hint}")]
+    NotInstalled {
+        /// The program looked for.
+        program: String,
+        /// How to install it.
+        install_hint: String,
+    },
+    /// The VMM could not be started.
+    #[error("Cannot start {program}")]
+    Spawn {
+        /// The program.
+        program: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The VMM exited while we waited for it.
+    #[error("The VMM exited early; its last output: {log_tail}")]
+    ExitedEarly {
+        /// Tail of the VMM's log.
+        log_tail: String,
+    },
+    /// The VMM's control channel failed.
+    #[error("The VMM's control channel failed")]
+    Qmp(#[from] smolvm_qmp::QmpError),
+    /// A disk tool failed.
+    #[error("{tool} failed: {stderr}")]
+    Tool {
+        /// Which tool (e.g. "qemu-img create").
+        tool: String,
+        /// Its stderr.
+        stderr: String,
+    },
+    /// A local file operation failed.
+    #[error("Cannot use {path}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The backend cannot do this (yet).
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+impl Coded for BackendError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            BackendError::NotInstalled { .. } => ErrorCode::MissingDependency,
+            BackendError::Unsupported(_) => ErrorCode::InvalidInput,
+            _ => ErrorCode::RuntimeError,
+        }
+    }
+}
+
+/// What every VMM backend provides.
+pub trait Backend {
+    /// Which backend this is.
+    fn kind(&self) -> BackendKind;
+    /// Checks the VMM is installed; returns its version string.
+    fn check_installed(&self) -> Result<String, BackendError>;
+    /// Creates the sandbox's root disk at `dest` as a copy-on-write layer
+    /// over the image's root filesystem, `size_mib` large.
+    fn create_disk(&self, image: &Image, dest: &Path, size_mib: u64) -> Result<(), BackendError>;
+    /// Starts the VMM; returns once its control channel answers.
+    fn launch(&self, spec: &LaunchSpec<'_>) -> Result<ProcessId, BackendError>;
+    /// Stops the vCPUs.
+    fn pause(&self, dir: &Path) -> Result<(), BackendError>;
+    /// Restarts the vCPUs.
+    fn resume(&self, dir: &Path) -> Result<(), BackendError>;
+    /// Ends the VMM: a clean quit through its control channel, then
+    /// SIGTERM/SIGKILL after `grace`. Idempotent.
+    fn kill(&self, dir: &Path, process: &ProcessId, grace: Duration) -> Result<(), BackendError>;
+    /// Seals the running VM's top disk layer: the VM continues on a new,
+    /// empty overlay at `new_top` (node `new_top_id`) whose backing file is
+    /// the old top (node `top_id`). The VM must be paused or quiesced.
+    fn seal_disk(&self, dir: &Path, top_id: &str, new_top: &Path, new_top_id: &str) -> Result<(), BackendError>;
+    /// Writes the paused VM's memory and device state to `dest` (created
+    /// 0600); the VM stays paused and usable.
+    fn save_memory(&self, dir: &Path, dest: &Path, timeout: Duration) -> Result<(), BackendError>;
+    /// Loads memory and device state saved by `save_memory` into a VM that
+    /// was launched with `LaunchSpec::incoming`; it stays paused.
+    fn load_memory(&self, dir: &Path, src: &Path, timeout: Duration) -> Result<(), BackendError>;
+    /// Creates `dest` as a new writable overlay on the sealed layer `parent`.
+    fn branch_disk(&self, parent: &Path, dest: &Path) -> Result<(), BackendError>;
+    /// How to reach the guest agent.
+    fn agent_endpoint(&self, dir: &Path) -> AgentEndpoint;
+    /// Files of a sandbox directory that are runtime state (sockets,
+    /// locks) and are removed when the VMM stops.
+    fn runtime_files(&self, dir: &Path) -> Vec<PathBuf>;
+}
+
+/// The closed set of backends.
+pub enum AnyBackend {
+    /// QEMU.
+    Qemu(qemu::QemuBackend),
+    /// Firecracker.
+    Firecracker(firecracker::FirecrackerBackend),
+}
+
+impl AnyBackend {
+    /// The backend for `kind`.
+    pub fn new(kind: BackendKind) -> Self {
+        match kind {
+            BackendKind::Qemu => AnyBackend::Qemu(qemu::QemuBackend::from_env()),
+            BackendKind::Firecracker => AnyBackend::Firecracker(firecracker::FirecrackerBackend::from_env()),
+        }
+    }
+
+    fn inner(&self) -> &dyn Backend {
+        match self {
+            AnyBackend::Qemu(b) => b,
+            AnyBackend::Firecracker(b) => b,
+        }
+    }
+}
+
+impl Backend for AnyBackend {
+    fn kind(&self) -> BackendKind {
+        self.inner().kind()
+    }
+    fn check_installed(&self) -> Result<String, BackendError> {
+        self.inner().check_installed()
+    }
+    fn create_disk(&self, image: &Image, dest: &Path, size_mib: u64) -> Result<(), BackendError> {
+        self.inner().create_disk(image, dest, size_mib)
+    }
+    fn launch(&self, spec: &LaunchSpec<'_>) -> Result<ProcessId, BackendError> {
+        self.inner().launch(spec)
+    }
+    fn pause(&self, dir: &Path) -> Result<(), BackendError> {
+        self.inner().pause(dir)
+    }
+    fn resume(&self, dir: &Path) -> Result<(), BackendError> {
+        self.inner().resume(dir)
+    }
+    fn kill(&self, dir: &Path, process: &ProcessId, grace: Duration) -> Result<(), BackendError> {
+        self.inner().kill(dir, process, grace)
+    }
+    fn seal_disk(&self, dir: &Path, top_id: &str, new_top: &Path, new_top_id: &str) -> Result<(), BackendError> {
+        self.inner().seal_disk(dir, top_id, new_top, new_top_id)
+    }
+    fn save_memory(&self, dir: &Path, dest: &Path, timeout: Duration) -> Result<(), BackendError> {
+        self.inner().save_memory(dir, dest, timeout)
+    }
+    fn load_memory(&self, dir: &Path, src: &Path, timeout: Duration) -> Result<(), BackendError> {
+        self.inner().load_memory(dir, src, timeout)
+    }
+    fn branch_disk(&self, parent: &Path, dest: &Path) -> Result<(), BackendError> {
+        self.inner().branch_disk(parent, dest)
+    }
+    fn agent_endpoint(&self, dir: &Path) -> AgentEndpoint {
+        self.inner().agent_endpoint(dir)
+    }
+    fn runtime_files(&self, dir: &Path) -> Vec<PathBuf> {
+        self.inner().runtime_files(dir)
+    }
+}
+
+/// Finds `program` on PATH.
+pub(crate) fn find_program(program: &str) -> Option<PathBuf> {
+    if program.contains('/') {
+        let p = PathBuf::from(program);
+        return p.is_file().then_some(p);
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|d| d.join(program)).find(|p| p.is_file())
+}
+
+/// The last `max` bytes of a log file, for error messages.
+pub(crate) fn log_tail(path: &Path, max: usize) -> String {
+    let data = std::fs::read(path).unwrap_or_default();
+    let start = data.len().saturating_sub(max);
+    let text = String::from_utf8_lossy(&data[start..]).trim().to_string();
+    if text.is_empty() {
+        "(nothing)".into()
+    } else {
+        text
+    }
+}

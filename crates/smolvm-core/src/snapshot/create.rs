@@ -1,0 +1,288 @@
+//! `snapshot create`.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::manifest::{self, Manifest, SnapshotType, FORMAT, FORMAT_VERSION, MEMORY};
+use super::{allocated_bytes, index, lock, snapshot_dir, SnapshotError, SnapshotView};
+use crate::agent;
+use crate::backend::{AnyBackend, Backend};
+use crate::layers::Layers;
+use crate::names;
+use crate::paths::create_private_dir;
+use crate::sandbox::{Engine, Progress, SandboxStatus};
+use crate::store::SandboxRow;
+
+/// What to do when flushing the guest before a `disk` snapshot fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushPolicy {
+    /// Abort the snapshot.
+    Required,
+    /// Warn and take a crash-consistent disk.
+    BestEffort,
+    /// Do not flush.
+    Skip,
+}
+
+/// A `snapshot create` request.
+#[derive(Debug, Clone)]
+pub struct CreateRequest {
+    /// Source sandbox.
+    pub sandbox: String,
+    /// Id (generated when None).
+    pub snapshot_id: Option<String>,
+    /// Type.
+    pub snapshot_type: SnapshotType,
+    /// Resume a running source as soon as the state is captured.
+    pub resume_source: bool,
+    /// Guest flush policy for `disk`.
+    pub flush_policy: FlushPolicy,
+}
+
+/// Bound on writing guest memory: generous, scaled by memory size.
+fn save_timeout(memory_mib: u32) -> Duration {
+    Duration::from_secs(30 + u64::from(memory_mib) / 16)
+}
+
+/// Takes a snapshot; see the module docs of `snapshot` for the steps.
+pub fn create(engine: &Engine, req: &CreateRequest, progress: &dyn Progress) -> Result<SnapshotView, SnapshotError> {
+    names::validate("sandbox name", &req.sandbox).map_err(crate::sandbox::SandboxError::from)?;
+    let id = match &req.snapshot_id {
+        Some(id) => id.clone(),
+        None => default_id(&req.sandbox),
+    };
+    names::validate("snapshot_id", &id)?;
+    let _vm_lock = engine.lock(&req.sandbox)?;
+    let _snap_lock = lock(engine, &id)?;
+    let row = engine.get(&req.sandbox)?;
+    if !row.status.has_vmm() {
+        return Err(SnapshotError::WrongState { vm: row.name.clone(), state: row.status.as_str() });
+    }
+    check_id_free(engine, &id)?;
+    let needs = if req.snapshot_type.has_memory() { u64::from(row.config.memory_mib) << 20 } else { 0 } + (64 << 20);
+    check_free_space(&engine.data().snapshots(), needs)?;
+
+    let backend = AnyBackend::new(row.config.backend);
+    let tmp = engine.data().snapshots().join(format!(".tmp-{id}-{}", Layers::new_id()));
+    create_private_dir(&tmp).map_err(|source| SnapshotError::Io { path: tmp.clone(), source })?;
+    let was_running = row.status == SandboxStatus::Running;
+    let result = capture(engine, &backend, &row, req, &tmp, progress).and_then(|cap| publish(engine, &row, req, &id, &tmp, cap));
+    match result {
+        Ok(view) => Ok(view),
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            // A failed snapshot never leaves a running sandbox paused.
+            if was_running {
+                let dir = engine.dir(&row.name);
+                if backend.resume(&dir).is_ok() {
+                    let _ = engine.store().set_status(&row.name, SandboxStatus::Running, row.process);
+                }
+            }
+            Err(e)
+        }
+    }
+}
+
+/// What capture produced.
+struct Captured {
+    sealed_chain: Vec<String>,
+    pause_ms: u64,
+}
+
+fn capture(
+    engine: &Engine,
+    backend: &AnyBackend,
+    row: &SandboxRow,
+    req: &CreateRequest,
+    tmp: &Path,
+    progress: &dyn Progress,
+) -> Result<Captured, SnapshotError> {
+    let dir = engine.dir(&row.name);
+    let was_running = row.status == SandboxStatus::Running;
+    let mut frozen = None;
+    if req.snapshot_type == SnapshotType::Disk && was_running && req.flush_policy != FlushPolicy::Skip {
+        progress.step("Flushing and freezing the guest's filesystems");
+        let flushed = agent::connect(&backend.agent_endpoint(&dir), Duration::from_secs(10))
+            .and_then(|mut s| s.sync(true, Duration::from_secs(10)).map(|_| s));
+        match flushed {
+            Ok(session) => frozen = Some(session),
+            Err(source) if req.flush_policy == FlushPolicy::Required => {
+                return Err(SnapshotError::Flush { vm: row.name.clone(), source })
+            }
+            Err(e) => progress.notice(&format!("guest flush failed ({e}); taking a crash-consistent disk snapshot")),
+        }
+    }
+    // A frozen guest writes nothing, so a disk snapshot needs no pause.
+    let pause_needed = was_running && frozen.is_none();
+    let paused_at = Instant::now();
+    if pause_needed {
+        backend.pause(&dir)?;
+    }
+    let sealed = seal(engine, backend, row);
+    if let Some(mut session) = frozen {
+        let _ = session.thaw();
+    }
+    let sealed_chain = sealed?;
+    if req.snapshot_type.has_memory() {
+        progress.step("Saving memory");
+        backend.save_memory(&dir, &tmp.join(MEMORY), save_timeout(row.config.memory_mib))?;
+    }
+    let mut pause_ms = if pause_needed { paused_at.elapsed().as_millis() as u64 } else { 0 };
+    let final_status = if was_running && req.resume_source {
+        if pause_needed {
+            backend.resume(&dir)?;
+            pause_ms = paused_at.elapsed().as_millis() as u64;
+        }
+        SandboxStatus::Running
+    } else if was_running {
+        if !pause_needed {
+            backend.pause(&dir)?;
+        }
+        SandboxStatus::Paused
+    } else {
+        SandboxStatus::Paused
+    };
+    engine.store().set_status(&row.name, final_status, row.process)?;
+    Ok(Captured { sealed_chain, pause_ms })
+}
+
+/// Seals the top layer; returns the chain that now holds the snapshot's disk.
+fn seal(engine: &Engine, backend: &AnyBackend, row: &SandboxRow) -> Result<Vec<String>, SnapshotError> {
+    let top_id = row.disk_chain.last().cloned().unwrap_or_default();
+    let new_id = Layers::new_id();
+    let mut chain = row.disk_chain.clone();
+    chain.push(new_id.clone());
+    // Recorded before the file exists, so layer garbage collection never
+    // sees the new layer unreferenced.
+    engine.store().set_disk_chain(&row.name, &chain)?;
+    if let Err(e) = backend.seal_disk(&engine.dir(&row.name), &top_id, &engine.layers().path(&new_id), &new_id) {
+        engine.store().set_disk_chain(&row.name, &row.disk_chain)?;
+        let _ = std::fs::remove_file(engine.layers().path(&new_id));
+        return Err(e.into());
+    }
+    Ok(row.disk_chain.clone())
+}
+
+fn publish(
+    engine: &Engine,
+    row: &SandboxRow,
+    req: &CreateRequest,
+    id: &str,
+    tmp: &Path,
+    cap: Captured,
+) -> Result<SnapshotView, SnapshotError> {
+    let memory_path = tmp.join(MEMORY);
+    let has_memory = req.snapshot_type.has_memory();
+    if has_memory {
+        let f = std::fs::File::open(&memory_path).map_err(|source| SnapshotError::Io { path: memory_path.clone(), source })?;
+        f.sync_all().map_err(|source| SnapshotError::Io { path: memory_path.clone(), source })?;
+    }
+    let sealed = cap.sealed_chain.last().map(|l| engine.layers().path(l)).unwrap_or_default();
+    let size_bytes = allocated_bytes(&sealed) + if has_memory { allocated_bytes(&memory_path) } else { 0 };
+    let parent = match req.snapshot_type {
+        SnapshotType::Diff => previous_snapshot(engine, row)?,
+        _ => None,
+    };
+    let vmm_version = AnyBackend::new(row.config.backend).check_installed().unwrap_or_default();
+    let m = Manifest {
+        format: FORMAT.into(),
+        format_version: FORMAT_VERSION,
+        snapshot_id: id.into(),
+        vm_id: row.name.clone(),
+        backend: row.config.backend,
+        vmm_version,
+        snapshot_type: req.snapshot_type,
+        parent,
+        created_at: crate::now_rfc3339(),
+        vm_config: row.config.clone(),
+        disk_chain: cap.sealed_chain,
+        memory_file: has_memory.then(|| MEMORY.to_string()),
+        pause_ms: cap.pause_ms,
+        size_bytes,
+    };
+    manifest::write(tmp, &m)?;
+    let final_dir = engine.data().snapshot(id);
+    std::fs::rename(tmp, &final_dir).map_err(|source| SnapshotError::Io { path: final_dir.clone(), source })?;
+    manifest::fsync_dir(&engine.data().snapshots()).map_err(|source| SnapshotError::Io { path: final_dir.clone(), source })?;
+    index(engine, &m, None)?;
+    Ok(super::Loaded { manifest: m, restored: false, restored_vm_id: None, dir: final_dir }.view(engine))
+}
+
+/// The newest snapshot of this sandbox whose disk chain is a prefix of the
+/// sandbox's: the state this one is a step after.
+fn previous_snapshot(engine: &Engine, row: &SandboxRow) -> Result<Option<String>, SnapshotError> {
+    let mut best: Option<(String, String)> = None;
+    for snap in engine.store().list_snapshots()? {
+        let Ok(m) = serde_json::from_str::<Manifest>(&snap.manifest) else { continue };
+        if m.vm_id == row.name && row.disk_chain.starts_with(&m.disk_chain) && best.as_ref().is_none_or(|(t, _)| m.created_at >= *t) {
+            best = Some((m.created_at.clone(), m.snapshot_id.clone()));
+        }
+    }
+    Ok(best.map(|(_, id)| id))
+}
+
+fn check_id_free(engine: &Engine, id: &str) -> Result<(), SnapshotError> {
+    if engine.store().get_snapshot(id)?.is_some() {
+        return Err(SnapshotError::Exists { id: id.into() });
+    }
+    if let Some(dir) = snapshot_dir(engine, id)? {
+        // A manifest without a row is a snapshot whose row was lost: keep it.
+        if manifest::read(&dir, id).is_ok() {
+            return Err(SnapshotError::Exists { id: id.into() });
+        }
+        return Err(SnapshotError::Refused(format!(
+            "A damaged snapshot directory '{id}' is in the way; remove it with 'smolvm sandbox snapshot delete {id}'"
+        )));
+    }
+    Ok(())
+}
+
+fn check_free_space(path: &Path, needed: u64) -> Result<(), SnapshotError> {
+    if let Ok(st) = rustix::fs::statvfs(path) {
+        let free = st.f_bavail * st.f_frsize;
+        if free < needed {
+            return Err(SnapshotError::NoSpace { path: PathBuf::from(path), needed, free });
+        }
+    }
+    Ok(())
+}
+
+/// `snap-<sandbox>-<UTC time to the ms>-<random>`: unique even for two
+/// snapshots in the same second, and never longer than 64 characters.
+fn default_id(sandbox: &str) -> String {
+    let now = time::OffsetDateTime::now_utc();
+    let stamp = format!(
+        "{:04}{:02}{:02}t{:02}{:02}{:02}{:03}",
+        now.year(),
+        u8::from(now.month()),
+        now.day(),
+        now.hour(),
+        now.minute(),
+        now.second(),
+        now.millisecond()
+    );
+    let mut r = [0u8; 2];
+    let _ = getrandom::fill(&mut r);
+    let suffix = format!("{stamp}-{:02x}{:02x}", r[0], r[1]);
+    let room = 64 - "snap-".len() - 1 - suffix.len();
+    let name: String = sandbox.chars().take(room).collect();
+    let name = name.trim_end_matches(['-', '_']);
+    format!("snap-{name}-{suffix}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::default_id;
+
+    #[test]
+    fn default_ids_are_valid_unique_and_short() {
+        let long = "a".repeat(64);
+        for name in ["demo", long.as_str(), "x-"] {
+            let a = default_id(name);
+            let b = default_id(name);
+            assert!(crate::names::validate("snapshot_id", &a).is_ok(), "{a}");
+            assert!(a.len() <= 64);
+            assert_ne!(a, b);
+        }
+    }
+}

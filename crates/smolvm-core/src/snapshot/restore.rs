@@ -1,0 +1,209 @@
+//! `snapshot restore`: back into the snapshot's own sandbox identity.
+//! Everything is validated before the sandbox is touched; a failure after
+//! that leaves the sandbox on its previous, untouched disk chain.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::manifest::SnapshotType;
+use super::{load, lock, Loaded, SnapshotError, SnapshotView, RESTORED_MARK};
+use crate::agent;
+use crate::backend::{AnyBackend, Backend, LaunchSpec};
+use crate::layers::Layers;
+use crate::paths::create_private_dir;
+use crate::process::ProcessId;
+use crate::sandbox::{Engine, Progress, SandboxStatus};
+use crate::store::SandboxRow;
+
+/// A `snapshot restore` request.
+#[derive(Debug, Clone)]
+pub struct RestoreRequest {
+    /// Snapshot id.
+    pub snapshot_id: String,
+    /// Leave the sandbox running (else paused).
+    pub resume: bool,
+    /// Restore a snapshot already marked restored.
+    pub force: bool,
+}
+
+/// What a restore produced.
+#[derive(Debug, Clone, Serialize)]
+pub struct RestoreOutcome {
+    /// The snapshot, re-read (now marked restored).
+    pub snapshot: SnapshotView,
+    /// The sandbox's name.
+    pub vm: String,
+    /// Its status.
+    pub status: SandboxStatus,
+    /// Milliseconds from the start of the restore to the guest running
+    /// with its clock set (or paused and ready).
+    pub restore_ms: u64,
+}
+
+/// Restores a snapshot; see the module docs.
+pub fn restore(engine: &Engine, req: &RestoreRequest, progress: &dyn Progress) -> Result<RestoreOutcome, SnapshotError> {
+    let started = std::time::Instant::now();
+    let _snap_lock = lock(engine, &req.snapshot_id)?;
+    let snap = load(engine, &req.snapshot_id)?;
+    let name = snap.manifest.vm_id.clone();
+    let _vm_lock = engine.lock(&name)?;
+    let existing = match engine.get(&name) {
+        Ok(row) => Some(row),
+        Err(crate::sandbox::SandboxError::NotFound { .. }) => None,
+        Err(e) => return Err(e.into()),
+    };
+    if snap.restored {
+        if let Some(row) = existing.as_ref().filter(|r| r.status.has_vmm()) {
+            if snap.restored_vm_id.as_deref() == Some(row.name.as_str()) {
+                return Err(SnapshotError::Refused(format!(
+                    "Snapshot is already backing an active restored VM: sandbox '{0}' runs from it; stop it first with 'smolvm sandbox stop {0}', then restore with --force",
+                    row.name
+                )));
+            }
+        }
+        if !req.force {
+            return Err(SnapshotError::Refused(format!(
+                "Snapshot already restored; restoring it again resumes the same memory (same random state) twice. Pass --force to do it anyway: 'smolvm sandbox snapshot restore {} --force'",
+                req.snapshot_id
+            )));
+        }
+    }
+    verify_artifacts(engine, &snap)?;
+    let image = engine.images().get(&snap.manifest.vm_config.image).map_err(crate::sandbox::SandboxError::from)?;
+    let backend = AnyBackend::new(snap.manifest.backend);
+    backend.check_installed()?;
+
+    // Validation is over: from here on the sandbox changes.
+    if let Some(row) = &existing {
+        if let Some(process) = row.process.filter(|_| row.status.has_vmm()) {
+            progress.step(&format!("Stopping sandbox '{name}'"));
+            backend.kill(&engine.dir(&name), &process, Duration::from_secs(2))?;
+        }
+        engine.store().set_status(&name, SandboxStatus::Stopped, None)?;
+    }
+    let new_top = Layers::new_id();
+    let mut chain = snap.manifest.disk_chain.clone();
+    chain.push(new_top.clone());
+    let new_row = SandboxRow {
+        name: name.clone(),
+        status: SandboxStatus::Created,
+        config: snap.manifest.vm_config.clone(),
+        disk_chain: chain.clone(),
+        process: None,
+        created_at: existing.as_ref().map(|r| r.created_at.clone()).unwrap_or_else(crate::now_rfc3339),
+        updated_at: crate::now_rfc3339(),
+    };
+    if existing.is_none() {
+        engine.store().insert_sandbox(&new_row)?;
+    }
+    let attempt = launch_from(engine, &backend, &snap, &new_row, &image, req.resume, progress);
+    match attempt {
+        Ok((process, status)) => {
+            engine.store().set_config(&name, &new_row.config)?;
+            engine.store().set_disk_chain(&name, &chain)?;
+            engine.store().set_status(&name, status, Some(process))?;
+            engine.store().mark_snapshot_restored(&req.snapshot_id, &name)?;
+            let _ = std::fs::write(snap.dir.join(RESTORED_MARK), format!("{name}\n"));
+            let _ = engine.collect_layer_garbage();
+            let snapshot = load(engine, &req.snapshot_id)?.view(engine);
+            Ok(RestoreOutcome { snapshot, vm: name, status, restore_ms: started.elapsed().as_millis() as u64 })
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(engine.layers().path(&new_top));
+            match existing {
+                // The previous disk chain was never touched: the sandbox
+                // is simply stopped on it.
+                Some(_) => {
+                    let _ = engine.store().set_status(&name, SandboxStatus::Stopped, None);
+                }
+                None => {
+                    let _ = engine.store().delete_sandbox(&name);
+                    let _ = std::fs::remove_dir_all(engine.dir(&name));
+                }
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Checks every file the restore will need, before anything changes.
+fn verify_artifacts(engine: &Engine, snap: &Loaded) -> Result<(), SnapshotError> {
+    let id = &snap.manifest.snapshot_id;
+    let damaged = |reason: String| SnapshotError::Damaged { id: id.clone(), reason };
+    for layer in &snap.manifest.disk_chain {
+        let path = engine.layers().path(layer);
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.file_type().is_file() && m.len() > 0 => {}
+            Ok(_) => return Err(damaged(format!("disk layer {} is not a regular file", path.display()))),
+            Err(_) => return Err(damaged(format!("disk layer {} is missing", path.display()))),
+        }
+    }
+    if let Some(mem) = &snap.manifest.memory_file {
+        let path = snap.dir.join(mem);
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.file_type().is_file() && m.len() > 0 => {}
+            _ => return Err(damaged(format!("memory file {} is missing or empty", path.display()))),
+        }
+    }
+    Ok(())
+}
+
+/// Starts the VMM on a fresh overlay of the snapshot's disk and loads its
+/// memory; for `disk` snapshots, boots from the disk.
+fn launch_from(
+    engine: &Engine,
+    backend: &AnyBackend,
+    snap: &Loaded,
+    row: &SandboxRow,
+    image: &crate::image::Image,
+    resume: bool,
+    progress: &dyn Progress,
+) -> Result<(ProcessId, SandboxStatus), SnapshotError> {
+    let dir = engine.dir(&row.name);
+    create_private_dir(&dir).map_err(|source| SnapshotError::Io { path: dir.clone(), source })?;
+    let top_id = row.disk_chain.last().cloned().unwrap_or_default();
+    let sealed = &snap.manifest.disk_chain[snap.manifest.disk_chain.len() - 1];
+    let top = engine.layers().path(&top_id);
+    backend.branch_disk(&engine.layers().path(sealed), &top)?;
+    let memory = snap.manifest.memory_file.as_ref().map(|f| snap.dir.join(f));
+    let has_memory = snap.manifest.snapshot_type != SnapshotType::Disk;
+    let spec = LaunchSpec {
+        name: &row.name,
+        dir: &dir,
+        config: &row.config,
+        image,
+        disk: &top,
+        disk_id: &top_id,
+        paused: has_memory || !resume,
+        incoming: memory.as_deref(),
+    };
+    progress.step("Starting the VMM");
+    let process = backend.launch(&spec)?;
+    let result = (|| {
+        if let Some(mem) = &memory {
+            progress.step("Loading memory");
+            backend.load_memory(&dir, mem, Duration::from_secs(30 + u64::from(row.config.memory_mib) / 16))?;
+        }
+        if !resume {
+            return Ok(SandboxStatus::Paused);
+        }
+        if has_memory {
+            backend.resume(&dir)?;
+            progress.step("Setting the guest clock");
+            engine.refresh_guest(&row.name, backend)?;
+        } else {
+            progress.step("Waiting for the guest agent");
+            let ready = agent::wait_ready(&backend.agent_endpoint(&dir), Duration::from_secs(60), || Ok::<(), SnapshotError>(()))?;
+            ready?;
+        }
+        Ok(SandboxStatus::Running)
+    })();
+    match result {
+        Ok(status) => Ok((process, status)),
+        Err(e) => {
+            let _ = backend.kill(&dir, &process, Duration::from_secs(2));
+            Err(e)
+        }
+    }
+}
