@@ -51,6 +51,13 @@ have dpkg-deb || need_pkgs+=(dpkg)
 have debootstrap || need_pkgs+=(debootstrap)
 have gcc || need_pkgs+=(gcc)
 
+# Image builds fetch the guest kernel and busybox with apt-get download,
+# which needs package lists.
+if ! apt-cache show linux-image-cloud-amd64 >/dev/null 2>&1 || ! apt-cache show busybox-static >/dev/null 2>&1; then
+  log "refreshing apt package lists (needed to fetch the guest kernel)"
+  $SUDO apt-get update -qq
+fi
+
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
   log "installing: ${need_pkgs[*]}"
   $SUDO apt-get update -qq
