@@ -6,3 +6,4 @@ mod common;
 mod lifecycle;
 mod exec_files;
 mod bad_input;
+mod snapshots;

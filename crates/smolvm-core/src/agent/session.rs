@@ -13,6 +13,9 @@ use smolvm_proto::{
 use super::AgentError;
 use crate::lock::LockGuard;
 
+/// How long an unanswered Hello waits before it is sent again.
+const HELLO_RETRY: Duration = Duration::from_millis(100);
+
 /// Default bound on a simple request's answer.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -67,9 +70,11 @@ impl AgentSession {
         let mut session = AgentSession { reader: BufReader::new(stream), writer, _port_lock: lock };
         let during = "waiting for the agent's handshake";
         let started = Instant::now();
-        session.set_deadline(deadline, during)?;
-        write_frame(&mut session.writer, FrameKind::Hello, &hello_payload(&nonce, PROTOCOL_VERSION))
-            .map_err(|e| session.io_err(e, during, started))?;
+        let hello = hello_payload(&nonce, PROTOCOL_VERSION);
+        // The guest drops data that reaches a port while it reopens it, so
+        // an unanswered Hello is sent again (same nonce: duplicates are
+        // harmless, the stream order keeps them before our first request).
+        let mut next_hello = Instant::now();
         // Expected bytes: kind, length 20 (BE), then the nonce; a previous
         // client's leftovers before it are skipped byte by byte.
         let mut expect = vec![FrameKind::HelloAck as u8, 0, 0, 0, (NONCE_LEN + 4) as u8];
@@ -78,7 +83,23 @@ impl AgentSession {
         let mut skipped = 0usize;
         let mut byte = [0u8; 1];
         while matched < expect.len() {
-            session.reader.read_exact(&mut byte).map_err(|e| session.io_err(e, during, started))?;
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(AgentError::Timeout { during: during.into(), waited: started.elapsed() });
+            }
+            if now >= next_hello {
+                write_frame(&mut session.writer, FrameKind::Hello, &hello).map_err(|e| session.io_err(e, during, started))?;
+                next_hello = now + HELLO_RETRY;
+            }
+            session.set_deadline(next_hello.min(deadline), during)?;
+            match session.reader.read(&mut byte) {
+                Ok(0) => {
+                    return Err(AgentError::Io { during: during.into(), source: io::ErrorKind::UnexpectedEof.into() })
+                }
+                Ok(_) => {}
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted) => continue,
+                Err(e) => return Err(session.io_err(e, during, started)),
+            }
             if byte[0] == expect[matched] {
                 matched += 1;
             } else {
@@ -89,6 +110,7 @@ impl AgentSession {
                 }
             }
         }
+        session.set_deadline(deadline, during)?;
         let mut version = [0u8; 4];
         session.reader.read_exact(&mut version).map_err(|e| session.io_err(e, during, started))?;
         let version = u32::from_be_bytes(version);
