@@ -14,7 +14,7 @@ fn bad_names_values_and_missing_things_are_refused_cleanly() {
     let env = Env::new();
     let long = "a".repeat(65);
     for name in ["../x", "A", long.as_str(), "a/b", "-x"] {
-        let (v, code) = env.json(&["sandbox", "create", "--name", name]);
+        let (v, code) = env.json(&["sandbox", "create", &format!("--name={name}")]);
         assert_eq!(code, 1, "{name}: {v}");
         assert_eq!(v["error"]["code"], "invalid_input", "{name}: {v}");
         assert!(v["error"]["message"].as_str().unwrap().contains("lowercase"), "{v}");

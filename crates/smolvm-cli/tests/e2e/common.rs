@@ -79,8 +79,10 @@ impl Env {
 
     /// Runs with --json appended; returns (envelope, exit code).
     pub fn json(&self, args: &[&str]) -> (Value, i32) {
+        // --json goes before a `--` that starts a guest command.
         let mut all: Vec<&str> = args.to_vec();
-        all.push("--json");
+        let at = all.iter().position(|a| *a == "--").unwrap_or(all.len());
+        all.insert(at, "--json");
         let out = self.run(&all);
         let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
             panic!("smolvm {all:?}: stdout is not JSON ({e}): {}\nstderr: {}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))

@@ -23,14 +23,19 @@ fn lifecycle_create_exec_pause_resume_stop_start_delete() {
     assert_eq!(v["command"], "sandbox.create");
     assert_eq!(v["data"]["vm"]["status"], "running");
     let dir = env.sandbox_dir("life");
-    assert!(dir.join("disk.qcow2").is_file());
     assert!(dir.join("qmp.sock").exists());
     let qemu = pid(&env, "life").expect("a running sandbox has a pid");
     assert!(std::path::Path::new(&format!("/proc/{qemu}")).exists());
 
-    // The root disk is a thin copy-on-write overlay, not a copy of the image.
-    let disk_bytes = std::fs::metadata(dir.join("disk.qcow2")).unwrap().len();
+    // The root disk is one thin copy-on-write layer over the image, not a copy.
+    let layers: Vec<_> = std::fs::read_dir(env.data.path().join("layers")).unwrap().flatten().collect();
+    assert_eq!(layers.len(), 1);
+    let disk_bytes = layers[0].metadata().unwrap().len();
     assert!(disk_bytes < 16 << 20, "overlay is {disk_bytes} bytes");
+    let info = std::process::Command::new("qemu-img").args(["info", "-U", "--output=json"]).arg(layers[0].path()).output().unwrap();
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(info["format"], "qcow2");
+    assert!(info["backing-filename"].as_str().unwrap().ends_with("rootfs.ext4"), "{info}");
 
     let uname = env.ok(&["sandbox", "exec", "life", "--", "uname", "-r"]);
     assert!(uname.contains("cloud-amd64"), "{uname}");
@@ -76,6 +81,8 @@ fn lifecycle_create_exec_pause_resume_stop_start_delete() {
     assert_eq!(code, 0, "{v}");
     assert_eq!(v["data"]["deleted"][0], "life");
     assert!(!dir.exists(), "the sandbox directory is removed");
+    let layers: Vec<_> = std::fs::read_dir(env.data.path().join("layers")).unwrap().flatten().collect();
+    assert!(layers.is_empty(), "its disk layer is removed: {layers:?}");
     assert!(env.vmm_pids().is_empty(), "no QEMU is left");
     let (v, code) = env.json(&["sandbox", "info", "life"]);
     assert_eq!((code, v["error"]["code"].as_str()), (1, Some("not_found")));

@@ -107,6 +107,8 @@ impl Loaded {
 
 /// Takes the per-snapshot lock.
 pub(crate) fn lock(engine: &Engine, id: &str) -> Result<LockGuard, SnapshotError> {
+    // The id becomes part of a path: never lock an unvalidated one.
+    names::validate("snapshot_id", id)?;
     let path = engine.data().locks().join(format!("snapshot-{id}.lock"));
     Ok(lock_exclusive(&path, &format!("Snapshot '{id}'"), LOCK_WAIT)?)
 }

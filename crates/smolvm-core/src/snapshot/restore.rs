@@ -53,6 +53,12 @@ pub fn restore(engine: &Engine, req: &RestoreRequest, progress: &dyn Progress) -
         Err(crate::sandbox::SandboxError::NotFound { .. }) => None,
         Err(e) => return Err(e.into()),
     };
+    if snap.restored && !req.force {
+        return Err(SnapshotError::Refused(format!(
+            "Snapshot already restored; restoring it again resumes the same memory (same random state) twice. Pass --force to do it anyway: 'smolvm sandbox snapshot restore {} --force'",
+            req.snapshot_id
+        )));
+    }
     if snap.restored {
         if let Some(row) = existing.as_ref().filter(|r| r.status.has_vmm()) {
             if snap.restored_vm_id.as_deref() == Some(row.name.as_str()) {
@@ -61,12 +67,6 @@ pub fn restore(engine: &Engine, req: &RestoreRequest, progress: &dyn Progress) -
                     row.name
                 )));
             }
-        }
-        if !req.force {
-            return Err(SnapshotError::Refused(format!(
-                "Snapshot already restored; restoring it again resumes the same memory (same random state) twice. Pass --force to do it anyway: 'smolvm sandbox snapshot restore {} --force'",
-                req.snapshot_id
-            )));
         }
     }
     verify_artifacts(engine, &snap)?;
