@@ -210,6 +210,13 @@ pub(crate) enum SnapshotCmd {
         #[command(flatten)]
         out: JsonFlag,
     },
+    /// Check a snapshot's files against the sizes and hashes it recorded.
+    Verify {
+        /// Snapshot ID to check.
+        snapshot: String,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
 }
 
 impl SnapshotCmd {
@@ -218,7 +225,8 @@ impl SnapshotCmd {
             SnapshotCmd::Create { out, .. }
             | SnapshotCmd::Restore { out, .. }
             | SnapshotCmd::List { out, .. }
-            | SnapshotCmd::Delete { out, .. } => out.json,
+            | SnapshotCmd::Delete { out, .. }
+            | SnapshotCmd::Verify { out, .. } => out.json,
         }
     }
     fn name(&self) -> &'static str {
@@ -227,6 +235,7 @@ impl SnapshotCmd {
             SnapshotCmd::Restore { .. } => "restore",
             SnapshotCmd::List { .. } => "list",
             SnapshotCmd::Delete { .. } => "delete",
+            SnapshotCmd::Verify { .. } => "verify",
         }
     }
 }

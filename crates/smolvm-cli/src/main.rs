@@ -18,6 +18,9 @@ use cli::Cli;
 use output::{exit, finish, print_json};
 
 fn main() -> ExitCode {
+    // Everything smolvm and its VMMs create (disks, memory files, sockets)
+    // holds guest data: private to the user.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let args: Vec<String> = std::env::args().collect();
     let cli = match Cli::try_parse_from(&args) {
         Ok(cli) => cli,

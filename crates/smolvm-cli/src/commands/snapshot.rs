@@ -75,6 +75,25 @@ pub(crate) fn run(cmd: SnapshotCmd) -> Result<Done, CliError> {
             let human = render_list(&rows, vm_id.as_deref());
             Ok(Done::new(json!({ "filters": { "vm_id": vm_id }, "snapshots": rows }), human))
         }
+        SnapshotCmd::Verify { snapshot, .. } => {
+            let (view, checks) = snapshot::verify(&engine, &snapshot)?;
+            let bad: Vec<_> = checks.iter().filter(|c| c.status != "ok").collect();
+            let data = json!({ "snapshot": view, "checks": checks, "intact": bad.is_empty() });
+            if bad.is_empty() {
+                return Ok(Done::new(data, format!("Snapshot '{snapshot}' is intact ({} files checked).", checks.len())));
+            }
+            let detail: Vec<String> = bad.iter().map(|c| format!("{}: {} ({})", c.path, c.status, c.detail)).collect();
+            Err(CliError {
+                data: Some(data),
+                ..CliError::new(
+                    "corrupted",
+                    format!(
+                        "Snapshot '{snapshot}' is damaged: {}; it cannot be restored. Delete it with 'smolvm sandbox snapshot delete {snapshot}'",
+                        detail.join("; ")
+                    ),
+                )
+            })
+        }
         SnapshotCmd::Delete { snapshot, .. } => {
             let view = snapshot::delete(&engine, &snapshot)?;
             Ok(Done::new(json!({ "snapshot": view }), format!("Deleted snapshot '{snapshot}'.")))

@@ -7,3 +7,4 @@ mod lifecycle;
 mod exec_files;
 mod bad_input;
 mod snapshots;
+mod integrity;

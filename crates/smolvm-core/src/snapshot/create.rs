@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::manifest::{self, Manifest, SnapshotType, FORMAT, FORMAT_VERSION, MEMORY};
-use super::{allocated_bytes, index, lock, snapshot_dir, SnapshotError, SnapshotView};
+use super::{allocated_bytes, index, integrity, lock, snapshot_dir, SnapshotError, SnapshotView};
 use crate::agent;
 use crate::backend::{AnyBackend, Backend};
 use crate::layers::Layers;
@@ -184,6 +184,13 @@ fn publish(
         _ => None,
     };
     let vmm_version = AnyBackend::new(row.config.backend).check_installed().unwrap_or_default();
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| SnapshotError::Io { path, source }
+    };
+    let memory_digest = if has_memory { Some(integrity::digest_file(&memory_path).map_err(io(&memory_path))?) } else { None };
+    let known = super::known_layer_digests(engine)?;
+    let layer_digests = integrity::layer_digests(&engine.layers(), &cap.sealed_chain, &known).map_err(io(&sealed))?;
     let m = Manifest {
         format: FORMAT.into(),
         format_version: FORMAT_VERSION,
@@ -197,6 +204,8 @@ fn publish(
         vm_config: row.config.clone(),
         disk_chain: cap.sealed_chain,
         memory_file: has_memory.then(|| MEMORY.to_string()),
+        memory_digest,
+        layer_digests,
         pause_ms: cap.pause_ms,
         size_bytes,
     };

@@ -9,8 +9,11 @@ use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
+use super::integrity::Digest;
 use super::SnapshotError;
 use crate::backend::BackendKind;
 use crate::layers::Layers;
@@ -83,6 +86,10 @@ pub struct Manifest {
     pub disk_chain: Vec<String>,
     /// Memory file name inside the snapshot directory, if any.
     pub memory_file: Option<String>,
+    /// Size and hash of the memory file.
+    pub memory_digest: Option<Digest>,
+    /// Size and hash of every layer of `disk_chain`.
+    pub layer_digests: BTreeMap<String, Digest>,
     /// Guest pause window in milliseconds.
     pub pause_ms: u64,
     /// Bytes this snapshot added on disk (memory + its sealed layer).
@@ -113,10 +120,13 @@ impl Manifest {
         if self.disk_chain.is_empty() || !self.disk_chain.iter().all(|id| Layers::is_valid_id(id)) {
             return Err("disk_chain holds an invalid layer id".into());
         }
-        match (&self.memory_file, self.snapshot_type.has_memory()) {
-            (Some(f), true) if f == MEMORY => {}
-            (None, false) => {}
+        match (&self.memory_file, &self.memory_digest, self.snapshot_type.has_memory()) {
+            (Some(f), Some(_), true) if f == MEMORY => {}
+            (None, None, false) => {}
             _ => return Err("memory_file does not match the snapshot type".into()),
+        }
+        if !self.layer_digests.keys().eq(self.disk_chain.iter().collect::<std::collections::BTreeSet<_>>()) {
+            return Err("layer_digests does not match disk_chain".into());
         }
         Ok(())
     }

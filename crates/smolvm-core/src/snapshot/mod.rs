@@ -12,6 +12,7 @@
 
 mod create;
 mod error;
+mod integrity;
 mod manifest;
 mod restore;
 
@@ -23,6 +24,7 @@ use serde::Serialize;
 
 pub use create::{create, CreateRequest, FlushPolicy};
 pub use error::SnapshotError;
+pub use integrity::{ArtifactCheck, Digest};
 pub use manifest::{Manifest, SnapshotType, FORMAT_VERSION};
 pub use restore::{restore, RestoreOutcome, RestoreRequest};
 
@@ -195,6 +197,25 @@ pub fn list(engine: &Engine, vm_id: Option<&str>) -> Result<Vec<SnapshotView>, S
     }
     out.sort_by(|a, b| (&a.created_at, &a.snapshot_id).cmp(&(&b.created_at, &b.snapshot_id)));
     Ok(out)
+}
+
+/// Checks every artifact of a snapshot against its manifest's digests.
+pub fn verify(engine: &Engine, id: &str) -> Result<(SnapshotView, Vec<ArtifactCheck>), SnapshotError> {
+    let loaded = load(engine, id)?;
+    let checks = integrity::verify(&loaded.manifest, &loaded.dir, &engine.layers());
+    Ok((loaded.view(engine), checks))
+}
+
+/// Digests recorded by any snapshot for the layers it names (sealed
+/// layers never change, so one record serves every later snapshot).
+pub(crate) fn known_layer_digests(engine: &Engine) -> Result<std::collections::BTreeMap<String, Digest>, SnapshotError> {
+    let mut known = std::collections::BTreeMap::new();
+    for row in engine.store().list_snapshots()? {
+        if let Ok(m) = serde_json::from_str::<Manifest>(&row.manifest) {
+            known.extend(m.layer_digests);
+        }
+    }
+    Ok(known)
 }
 
 /// Shows one snapshot.

@@ -127,26 +127,18 @@ pub fn restore(engine: &Engine, req: &RestoreRequest, progress: &dyn Progress) -
     }
 }
 
-/// Checks every file the restore will need, before anything changes.
+/// Checks every file the restore will need against the manifest's sizes
+/// and hashes, before anything changes.
 fn verify_artifacts(engine: &Engine, snap: &Loaded) -> Result<(), SnapshotError> {
-    let id = &snap.manifest.snapshot_id;
-    let damaged = |reason: String| SnapshotError::Damaged { id: id.clone(), reason };
-    for layer in &snap.manifest.disk_chain {
-        let path = engine.layers().path(layer);
-        match std::fs::symlink_metadata(&path) {
-            Ok(m) if m.file_type().is_file() && m.len() > 0 => {}
-            Ok(_) => return Err(damaged(format!("disk layer {} is not a regular file", path.display()))),
-            Err(_) => return Err(damaged(format!("disk layer {} is missing", path.display()))),
-        }
+    let problems: Vec<String> = super::integrity::verify(&snap.manifest, &snap.dir, &engine.layers())
+        .into_iter()
+        .filter(|c| c.status != "ok")
+        .map(|c| format!("{} is {} ({})", c.path, c.status.replace('_', " "), c.detail))
+        .collect();
+    if problems.is_empty() {
+        return Ok(());
     }
-    if let Some(mem) = &snap.manifest.memory_file {
-        let path = snap.dir.join(mem);
-        match std::fs::symlink_metadata(&path) {
-            Ok(m) if m.file_type().is_file() && m.len() > 0 => {}
-            _ => return Err(damaged(format!("memory file {} is missing or empty", path.display()))),
-        }
-    }
-    Ok(())
+    Err(SnapshotError::Damaged { id: snap.manifest.snapshot_id.clone(), reason: problems.join("; ") })
 }
 
 /// Starts the VMM on a fresh overlay of the snapshot's disk and loads its
