@@ -26,6 +26,9 @@ mod sys;
 mod system;
 mod transport;
 
+#[cfg(test)]
+mod tests;
+
 use std::fmt;
 use std::io::Write;
 

@@ -163,3 +163,64 @@ pub fn serve_session<T: Transport>(stream: T, config: &AgentConfig, peer: &str) 
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use std::os::fd::OwnedFd;
+    use std::thread;
+
+    use smolvm_proto::{read_frame, write_frame, write_json, FrameKind, Request};
+
+    use super::*;
+
+    /// A PortStream over a non-blocking socket: reads and writes hit
+    /// EAGAIN and must wait in poll() (a real port behaves the same while
+    /// the host is connected).
+    #[test]
+    fn port_stream_carries_a_session_through_eagain() {
+        let (mut host, agent) = UnixStream::pair().expect("socketpair");
+        agent.set_nonblocking(true).expect("nonblocking");
+        let port = PortStream::new(File::from(OwnedFd::from(agent)));
+        let session = thread::spawn(move || crate::session::run_session(port, &AgentConfig::default()));
+
+        let nonce = [9u8; smolvm_proto::NONCE_LEN];
+        write_frame(
+            &mut host,
+            FrameKind::Hello,
+            &smolvm_proto::hello_payload(&nonce, smolvm_proto::PROTOCOL_VERSION),
+        )
+        .expect("hello");
+        assert_eq!(
+            read_frame(&mut host).expect("read").expect("ack").kind,
+            FrameKind::HelloAck
+        );
+        // Enough output to fill the socket buffer many times over.
+        let exec = crate::tests::shell("head -c 4000000 /dev/zero");
+        write_json(&mut host, FrameKind::Request, &Request::Exec(exec)).expect("request");
+        let mut total = 0;
+        loop {
+            let frame = read_frame(&mut host).expect("read").expect("frame");
+            match frame.kind {
+                FrameKind::Stdout => total += frame.payload.len(),
+                FrameKind::Response => break,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(total, 4_000_000);
+        drop(host);
+        session.join().expect("no panic").expect("clean end");
+    }
+
+    #[test]
+    fn shut_down_port_stream_reports_end_and_broken_pipe() {
+        let (_host, agent) = UnixStream::pair().expect("socketpair");
+        agent.set_nonblocking(true).expect("nonblocking");
+        let mut port = PortStream::new(File::from(OwnedFd::from(agent)));
+        let mut clone = Transport::try_clone(&port).expect("clone");
+        // A reader blocked with no data returns end-of-stream on shutdown.
+        let reader = thread::spawn(move || clone.read(&mut [0u8; 8]).expect("read"));
+        thread::sleep(Duration::from_millis(50));
+        port.shut_down();
+        assert_eq!(reader.join().expect("reader"), 0);
+        assert_eq!(port.write(b"x").unwrap_err().kind(), io::ErrorKind::BrokenPipe);
+    }
+}
