@@ -139,6 +139,19 @@ pub(crate) enum SandboxCmd {
     /// Copy files into and out of a sandbox.
     #[command(subcommand)]
     File(FileCmd),
+    /// Start new sandboxes from a running sandbox's current state.
+    Fork {
+        /// The sandbox to copy.
+        source: String,
+        /// Name of the new sandbox (with --count N: NAME-1 .. NAME-N).
+        #[arg(long, short)]
+        name: String,
+        /// How many sandboxes to start.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+        count: u32,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
     /// Save and restore sandbox state.
     #[command(subcommand, arg_required_else_help = true, long_about = SNAPSHOT_HELP)]
     Snapshot(SnapshotCmd),
@@ -192,6 +205,12 @@ pub(crate) enum SnapshotCmd {
         /// Restore a snapshot that was already restored once.
         #[arg(long)]
         force: bool,
+        /// Restore into a new sandbox of this name, with its own identity (MAC, hostname, machine-id, entropy).
+        #[arg(long = "as", value_name = "NAME")]
+        as_name: Option<String>,
+        /// With --as: forward 127.0.0.1:HOST to guest port GUEST (repeatable).
+        #[arg(long = "port", value_name = "HOST:GUEST", requires = "as_name")]
+        ports: Vec<String>,
         #[command(flatten)]
         out: JsonFlag,
     },
@@ -267,7 +286,8 @@ impl SandboxCmd {
             | SandboxCmd::List { out, .. }
             | SandboxCmd::Info { out, .. }
             | SandboxCmd::Logs { out, .. }
-            | SandboxCmd::Delete { out, .. } => out.json,
+            | SandboxCmd::Delete { out, .. }
+            | SandboxCmd::Fork { out, .. } => out.json,
             SandboxCmd::File(FileCmd::Upload { out, .. } | FileCmd::Download { out, .. }) => out.json,
             SandboxCmd::Snapshot(c) => c.json(),
         }
@@ -286,6 +306,7 @@ impl SandboxCmd {
             SandboxCmd::Shell { .. } => "shell",
             SandboxCmd::Logs { .. } => "logs",
             SandboxCmd::Delete { .. } => "delete",
+            SandboxCmd::Fork { .. } => "fork",
             SandboxCmd::File(FileCmd::Upload { .. }) => "file.upload",
             SandboxCmd::File(FileCmd::Download { .. }) => "file.download",
             SandboxCmd::Snapshot(c) => return format!("snapshot.{}", c.name()),

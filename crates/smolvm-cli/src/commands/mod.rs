@@ -23,6 +23,7 @@ pub(crate) fn run(command: Command) -> Result<Done, CliError> {
         }
         Command::Sandbox(SandboxCmd::File(cmd)) => exec::file(cmd),
         Command::Sandbox(SandboxCmd::Snapshot(cmd)) => snapshot::run(cmd),
+        Command::Sandbox(SandboxCmd::Fork { source, name, count, out }) => snapshot::fork(&source, &name, count, out.json),
         Command::Sandbox(cmd) => sandbox::run(cmd),
         Command::Image(cmd) => image::run(cmd),
     }

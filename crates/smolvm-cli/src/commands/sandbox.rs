@@ -39,7 +39,7 @@ pub(crate) fn run(cmd: SandboxCmd) -> Result<Done, CliError> {
         }
         SandboxCmd::Logs { sandbox, tail, follow, out } => logs(&sandbox, tail, follow, out.json),
         SandboxCmd::Delete { sandboxes, all, force, out } => delete(sandboxes, all, force, out.json),
-        SandboxCmd::Exec(_) | SandboxCmd::Shell { .. } | SandboxCmd::File(_) | SandboxCmd::Snapshot(_) => unreachable!("routed in commands::run"),
+        SandboxCmd::Exec(_) | SandboxCmd::Shell { .. } | SandboxCmd::File(_) | SandboxCmd::Snapshot(_) | SandboxCmd::Fork { .. } => unreachable!("routed in commands::run"),
     }
 }
 
@@ -95,7 +95,7 @@ fn create(args: CreateArgs) -> Result<Done, CliError> {
     ))
 }
 
-fn parse_port(s: &str) -> Result<PortForward, CliError> {
+pub(crate) fn parse_port(s: &str) -> Result<PortForward, CliError> {
     let bad = || CliError::new("invalid_input", format!("--port '{s}' is not HOST:GUEST with ports 1-65535, e.g. --port 8080:80"));
     let (h, g) = s.split_once(':').ok_or_else(bad)?;
     let host: u16 = h.parse().map_err(|_| bad())?;

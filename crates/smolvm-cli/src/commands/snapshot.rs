@@ -48,9 +48,10 @@ pub(crate) fn run(cmd: SnapshotCmd) -> Result<Done, CliError> {
             );
             Ok(Done::new(json!({ "snapshot": view }), human))
         }
-        SnapshotCmd::Restore { snapshot, resume, force, out } => {
+        SnapshotCmd::Restore { snapshot, resume, force, as_name, ports, out } => {
             let spinner = Spinner::new(out.json);
-            let req = RestoreRequest { snapshot_id: snapshot, resume, force };
+            let ports = ports.iter().map(|p| super::sandbox::parse_port(p)).collect::<Result<Vec<_>, _>>()?;
+            let req = RestoreRequest { snapshot_id: snapshot, resume, force, as_name, ports };
             let outcome = snapshot::restore(&engine, &req, &spinner)?;
             drop(spinner);
             let info = engine.info(&outcome.vm)?;
@@ -131,4 +132,24 @@ fn human_bytes(b: u64) -> String {
         b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
         b => format!("{:.0} KiB", b as f64 / 1024.0),
     }
+}
+
+pub(crate) fn fork(source: &str, name: &str, count: u32, json_mode: bool) -> Result<Done, CliError> {
+    let engine = engine()?;
+    let names: Vec<String> = if count == 1 { vec![name.to_string()] } else { (1..=count).map(|i| format!("{name}-{i}")).collect() };
+    let spinner = Spinner::new(json_mode);
+    let outcome = snapshot::fork(&engine, source, &names, &spinner)?;
+    drop(spinner);
+    let human = format!(
+        "Forked '{}' into {} ({} ms; source paused {} ms).",
+        source,
+        names.join(", "),
+        outcome.total_ms,
+        outcome.pause_ms
+    );
+    let children: Vec<_> = outcome.children.iter().map(|c| json!({ "name": c.name, "status": c.status })).collect();
+    Ok(Done::new(
+        json!({ "source": source, "children": children, "pause_ms": outcome.pause_ms, "total_ms": outcome.total_ms }),
+        human,
+    ))
 }

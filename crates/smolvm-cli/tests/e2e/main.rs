@@ -8,3 +8,4 @@ mod exec_files;
 mod bad_input;
 mod snapshots;
 mod integrity;
+mod fork;

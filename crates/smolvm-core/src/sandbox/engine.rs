@@ -194,7 +194,7 @@ impl Engine {
             disk_size_mib,
             network: opts.network,
             ports: opts.ports.clone(),
-            mac: random_mac(),
+            mac: super::random_mac(),
         };
 
         let _lock = self.lock(&name)?;
@@ -530,12 +530,6 @@ fn resolve_accel(choice: &str, progress: &dyn Progress) -> Result<Accel, Sandbox
 fn image_size_mib(image: &Image) -> u64 {
     let bytes = std::fs::metadata(image.rootfs()).map(|m| m.len()).unwrap_or(0);
     bytes.div_ceil(1024 * 1024)
-}
-
-fn random_mac() -> String {
-    let mut b = [0u8; 3];
-    let _ = getrandom::fill(&mut b);
-    format!("52:54:00:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2])
 }
 
 fn generated_name() -> String {

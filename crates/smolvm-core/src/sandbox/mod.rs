@@ -131,6 +131,20 @@ pub struct SandboxConfig {
     pub mac: String,
 }
 
+/// A random locally administered MAC in QEMU's 52:54:00 range.
+pub fn random_mac() -> String {
+    let mut b = [0u8; 3];
+    let _ = getrandom::fill(&mut b);
+    format!("52:54:00:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2])
+}
+
+/// A fresh machine-id (32 lowercase hex digits).
+pub fn random_machine_id() -> String {
+    let mut b = [0u8; 16];
+    let _ = getrandom::fill(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::SandboxStatus::{self, *};

@@ -12,6 +12,7 @@
 
 mod create;
 mod error;
+mod fork;
 mod integrity;
 mod manifest;
 mod restore;
@@ -24,6 +25,7 @@ use serde::Serialize;
 
 pub use create::{create, CreateRequest, FlushPolicy};
 pub use error::SnapshotError;
+pub use fork::{fork, ForkOutcome};
 pub use integrity::{ArtifactCheck, Digest};
 pub use manifest::{Manifest, SnapshotType, FORMAT_VERSION};
 pub use restore::{restore, RestoreOutcome, RestoreRequest};

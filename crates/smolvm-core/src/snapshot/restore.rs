@@ -25,6 +25,12 @@ pub struct RestoreRequest {
     pub resume: bool,
     /// Restore a snapshot already marked restored.
     pub force: bool,
+    /// Restore into a new sandbox of this name (its own identity) instead
+    /// of the snapshot's own sandbox.
+    pub as_name: Option<String>,
+    /// Port forwards of the new sandbox (`as_name` only; the source's host
+    /// ports stay with the source).
+    pub ports: Vec<crate::sandbox::PortForward>,
 }
 
 /// What a restore produced.
@@ -44,30 +50,24 @@ pub struct RestoreOutcome {
 /// Restores a snapshot; see the module docs.
 pub fn restore(engine: &Engine, req: &RestoreRequest, progress: &dyn Progress) -> Result<RestoreOutcome, SnapshotError> {
     let started = std::time::Instant::now();
+    if let Some(n) = &req.as_name {
+        crate::names::validate("sandbox name", n).map_err(crate::sandbox::SandboxError::from)?;
+    }
     let _snap_lock = lock(engine, &req.snapshot_id)?;
     let snap = load(engine, &req.snapshot_id)?;
-    let name = snap.manifest.vm_id.clone();
+    let new_identity = req.as_name.is_some();
+    let name = req.as_name.clone().unwrap_or_else(|| snap.manifest.vm_id.clone());
     let _vm_lock = engine.lock(&name)?;
     let existing = match engine.get(&name) {
         Ok(row) => Some(row),
         Err(crate::sandbox::SandboxError::NotFound { .. }) => None,
         Err(e) => return Err(e.into()),
     };
-    if snap.restored && !req.force {
-        return Err(SnapshotError::Refused(format!(
-            "Snapshot already restored; restoring it again resumes the same memory (same random state) twice. Pass --force to do it anyway: 'smolvm sandbox snapshot restore {} --force'",
-            req.snapshot_id
-        )));
+    if new_identity && existing.is_some() {
+        return Err(crate::sandbox::SandboxError::Exists { name }.into());
     }
-    if snap.restored {
-        if let Some(row) = existing.as_ref().filter(|r| r.status.has_vmm()) {
-            if snap.restored_vm_id.as_deref() == Some(row.name.as_str()) {
-                return Err(SnapshotError::Refused(format!(
-                    "Snapshot is already backing an active restored VM: sandbox '{0}' runs from it; stop it first with 'smolvm sandbox stop {0}', then restore with --force",
-                    row.name
-                )));
-            }
-        }
+    if !new_identity {
+        check_restore_marks(&snap, req, existing.as_ref())?;
     }
     verify_artifacts(engine, &snap)?;
     let image = engine.images().get(&snap.manifest.vm_config.image).map_err(crate::sandbox::SandboxError::from)?;
@@ -85,10 +85,15 @@ pub fn restore(engine: &Engine, req: &RestoreRequest, progress: &dyn Progress) -
     let new_top = Layers::new_id();
     let mut chain = snap.manifest.disk_chain.clone();
     chain.push(new_top.clone());
+    let mut config = snap.manifest.vm_config.clone();
+    if new_identity {
+        config.mac = crate::sandbox::random_mac();
+        config.ports = req.ports.clone();
+    }
     let new_row = SandboxRow {
         name: name.clone(),
         status: SandboxStatus::Created,
-        config: snap.manifest.vm_config.clone(),
+        config,
         disk_chain: chain.clone(),
         process: None,
         created_at: existing.as_ref().map(|r| r.created_at.clone()).unwrap_or_else(crate::now_rfc3339),
@@ -97,14 +102,16 @@ pub fn restore(engine: &Engine, req: &RestoreRequest, progress: &dyn Progress) -
     if existing.is_none() {
         engine.store().insert_sandbox(&new_row)?;
     }
-    let attempt = launch_from(engine, &backend, &snap, &new_row, &image, req.resume, progress);
+    let attempt = launch_from(engine, &backend, &snap, &new_row, &image, req.resume, new_identity, progress);
     match attempt {
         Ok((process, status)) => {
             engine.store().set_config(&name, &new_row.config)?;
             engine.store().set_disk_chain(&name, &chain)?;
             engine.store().set_status(&name, status, Some(process))?;
-            engine.store().mark_snapshot_restored(&req.snapshot_id, &name)?;
-            let _ = std::fs::write(snap.dir.join(RESTORED_MARK), format!("{name}\n"));
+            if !new_identity {
+                engine.store().mark_snapshot_restored(&req.snapshot_id, &name)?;
+                let _ = std::fs::write(snap.dir.join(RESTORED_MARK), format!("{name}\n"));
+            }
             let _ = engine.collect_layer_garbage();
             let snapshot = load(engine, &req.snapshot_id)?.view(engine);
             Ok(RestoreOutcome { snapshot, vm: name, status, restore_ms: started.elapsed().as_millis() as u64 })
@@ -125,6 +132,28 @@ pub fn restore(engine: &Engine, req: &RestoreRequest, progress: &dyn Progress) -
             Err(e)
         }
     }
+}
+
+/// The one-shot restore mark: a second restore of the same memory into its
+/// own identity needs --force, and never while that sandbox runs from it.
+fn check_restore_marks(snap: &Loaded, req: &RestoreRequest, existing: Option<&SandboxRow>) -> Result<(), SnapshotError> {
+    if snap.restored && !req.force {
+        return Err(SnapshotError::Refused(format!(
+            "Snapshot already restored; restoring it again resumes the same memory (same random state) twice. Pass --force to do it anyway: 'smolvm sandbox snapshot restore {} --force', or restore it into a new sandbox with '--as NAME'",
+            req.snapshot_id
+        )));
+    }
+    if snap.restored {
+        if let Some(row) = existing.filter(|r| r.status.has_vmm()) {
+            if snap.restored_vm_id.as_deref() == Some(row.name.as_str()) {
+                return Err(SnapshotError::Refused(format!(
+                    "Snapshot is already backing an active restored VM: sandbox '{0}' runs from it; stop it first with 'smolvm sandbox stop {0}', then restore with --force",
+                    row.name
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Checks every file the restore will need against the manifest's sizes
@@ -150,6 +179,7 @@ fn launch_from(
     row: &SandboxRow,
     image: &crate::image::Image,
     resume: bool,
+    new_identity: bool,
     progress: &dyn Progress,
 ) -> Result<(ProcessId, SandboxStatus), SnapshotError> {
     let dir = engine.dir(&row.name);
@@ -167,7 +197,7 @@ fn launch_from(
         image,
         disk: &top,
         disk_id: &top_id,
-        paused: has_memory || !resume,
+        paused: true,
         incoming: memory.as_deref(),
     };
     progress.step("Starting the VMM");
@@ -177,17 +207,28 @@ fn launch_from(
             progress.step("Loading memory");
             backend.load_memory(&dir, mem, Duration::from_secs(30 + u64::from(row.config.memory_mib) / 16))?;
         }
-        if !resume {
+        // A new identity is set through the agent, so the guest runs at
+        // least briefly even when it is to be left paused.
+        if !resume && !new_identity {
             return Ok(SandboxStatus::Paused);
         }
+        backend.resume(&dir)?;
         if has_memory {
-            backend.resume(&dir)?;
             progress.step("Setting the guest clock");
             engine.refresh_guest(&row.name, backend)?;
         } else {
             progress.step("Waiting for the guest agent");
             let ready = agent::wait_ready(&backend.agent_endpoint(&dir), Duration::from_secs(60), || Ok::<(), SnapshotError>(()))?;
             ready?;
+        }
+        if new_identity {
+            // A copy must not look like its source: own hostname and machine-id.
+            let mut session = agent::connect(&backend.agent_endpoint(&dir), Duration::from_secs(10))?;
+            session.set_identity(&row.name, &crate::sandbox::random_machine_id())?;
+        }
+        if !resume {
+            backend.pause(&dir)?;
+            return Ok(SandboxStatus::Paused);
         }
         Ok(SandboxStatus::Running)
     })();
