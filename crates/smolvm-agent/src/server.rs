@@ -31,6 +31,11 @@ impl Ready {
             let _ = out.flush();
         }
     }
+
+    /// Whether some transport is already serving.
+    pub fn is_marked(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
 }
 
 /// Runs the server forever.
