@@ -39,6 +39,10 @@ pub(crate) struct Meta {
     /// RFC 3339, UTC.
     pub created_at: String,
     pub sizes: Sizes,
+    /// Imported images without an agent: the console text that says the
+    /// guest is up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_console: Option<String>,
 }
 
 /// Validated contents of image.json.
@@ -47,6 +51,7 @@ pub(crate) struct Parsed {
     pub base: Base,
     pub kernel_version: String,
     pub created_at: OffsetDateTime,
+    pub ready_console: Option<String>,
 }
 
 /// Formats a timestamp as RFC 3339 in UTC.
@@ -64,6 +69,14 @@ fn valid_kernel_version(v: &str) -> bool {
         && v.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"._+-".contains(&b))
         && !v.starts_with('.')
+}
+
+/// A console readiness marker: 1-64 printable ASCII characters.
+pub(crate) fn valid_console_marker(text: &str) -> Result<(), String> {
+    if text.is_empty() || text.len() > 64 || !text.bytes().all(|b| (b' '..=b'~').contains(&b)) {
+        return Err(format!("the console readiness text {text:?} must be 1-64 printable ASCII characters"));
+    }
+    Ok(())
 }
 
 /// Reads and validates `path`, which belongs to the image directory `name`.
@@ -105,10 +118,14 @@ pub(crate) fn read(path: &Path, name: &str) -> Result<Parsed, ImageError> {
     }
     let created_at = OffsetDateTime::parse(&m.created_at, &Rfc3339)
         .map_err(|e| bad(format!("created_at is not RFC 3339: {e}")))?;
+    if let Some(text) = &m.ready_console {
+        valid_console_marker(text).map_err(bad)?;
+    }
     Ok(Parsed {
         base,
         kernel_version: m.kernel_version,
         created_at,
+        ready_console: m.ready_console,
     })
 }
 

@@ -18,6 +18,7 @@ mod agent;
 mod debian;
 mod elf;
 mod error;
+mod import;
 mod initramfs;
 mod kernel;
 mod meta;
@@ -37,6 +38,7 @@ use time::OffsetDateTime;
 
 pub use agent::{check_static_agent, find_agent_binary, AGENT_ENV};
 pub use error::ImageError;
+pub use import::ImportSpec;
 pub use meta::FORMAT_VERSION;
 
 /// Kernel arguments the initramfs relies on: the serial console, the root
@@ -52,6 +54,8 @@ const ROOTFS: &str = "rootfs.ext4";
 const METADATA: &str = "image.json";
 /// Every file a complete image directory has.
 const IMAGE_FILES: [&str; 5] = [VMLINUZ, VMLINUX, INITRAMFS, ROOTFS, METADATA];
+/// The files an imported image must have (the others are optional).
+const IMPORTED_FILES: [&str; 3] = [VMLINUX, ROOTFS, METADATA];
 
 /// What the root filesystem is made of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -60,6 +64,9 @@ pub enum Base {
     Tiny,
     /// Debian bookworm minbase via debootstrap: apt works; needs root to build.
     Debian,
+    /// Brought in with `smolvm image import`: any ELF kernel, optional
+    /// initramfs and root filesystem, readiness of its own.
+    Imported,
 }
 
 impl fmt::Display for Base {
@@ -67,6 +74,7 @@ impl fmt::Display for Base {
         f.write_str(match self {
             Base::Tiny => "tiny",
             Base::Debian => "debian",
+            Base::Imported => "imported",
         })
     }
 }
@@ -77,8 +85,26 @@ impl FromStr for Base {
         match s {
             "tiny" => Ok(Base::Tiny),
             "debian" => Ok(Base::Debian),
+            "imported" => Ok(Base::Imported),
             other => Err(ImageError::UnknownBase(other.chars().take(64).collect())),
         }
+    }
+}
+
+/// How a sandbox booted from an image is known to be up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    /// The smolvm agent answers (every built image).
+    Agent,
+    /// The guest has no agent; it is up once its serial console has
+    /// printed this text.
+    Console(String),
+}
+
+impl Readiness {
+    /// True when the guest runs the smolvm agent.
+    pub fn has_agent(&self) -> bool {
+        matches!(self, Readiness::Agent)
     }
 }
 
@@ -94,6 +120,8 @@ pub struct Image {
     pub created_at: OffsetDateTime,
     /// Bytes the image occupies on disk (the sparse rootfs counts only its data).
     pub size_bytes: u64,
+    /// How a booted guest is known to be up.
+    pub ready: Readiness,
 }
 
 impl Image {
@@ -190,6 +218,11 @@ impl ImageStore {
         if fs::symlink_metadata(&final_dir).is_ok() {
             return Err(ImageError::AlreadyExists { name: name.into() });
         }
+        if base == Base::Imported {
+            return Err(ImageError::UnknownBase(
+                "imported (use 'smolvm image import' to bring in a kernel of your own)".into(),
+            ));
+        }
         if base == Base::Debian && !util::is_root() {
             return Err(ImageError::NeedsRoot {
                 base,
@@ -253,6 +286,7 @@ impl ImageStore {
             kernel_version: kernel.version.clone(),
             created_at: meta::rfc3339(created_at),
             sizes,
+            ready_console: None,
         };
         let json = serde_json::to_vec_pretty(&m).map_err(|e| ImageError::Metadata {
             path: dir.join(METADATA),
@@ -303,8 +337,10 @@ impl ImageStore {
         let mut size_bytes = 0;
         for f in IMAGE_FILES {
             let p = dir.join(f);
+            let required = parsed.base != Base::Imported || IMPORTED_FILES.contains(&f);
             match fs::symlink_metadata(&p) {
                 Ok(m) if m.is_file() => size_bytes += util::disk_usage(&p),
+                Err(_) if !required => {}
                 _ => {
                     return Err(ImageError::Metadata {
                         path: p,
@@ -320,6 +356,10 @@ impl ImageStore {
             kernel_version: parsed.kernel_version,
             created_at: parsed.created_at,
             size_bytes,
+            ready: match parsed.ready_console {
+                Some(text) => Readiness::Console(text),
+                None => Readiness::Agent,
+            },
         })
     }
 

@@ -47,6 +47,7 @@ pub(crate) fn build(
                 .div_ceil(MIB)
                 * MIB
         }
+        Base::Imported => return Err(ImageError::UnknownBase("imported images are not built".into())),
     };
     progress(&format!(
         "Creating the ext4 root filesystem ({} MiB)",
