@@ -26,8 +26,14 @@ use crate::server::{AgentConfig, Ready};
 use crate::sys;
 
 const PORTS_DIR: &str = "/sys/class/virtio-ports";
-/// Nap between poll rounds while every idle port only reports HUP.
+/// Nap between poll rounds while every idle port only reports HUP, right
+/// after activity (a host that just used a port tends to come back soon)...
 const IDLE_NAP: Duration = Duration::from_millis(5);
+/// ...and after a quiet spell, so an idle sandbox costs the host little CPU
+/// (the first request after it waits at most this long).
+const QUIET_NAP: Duration = Duration::from_millis(20);
+/// How long after the last session the short nap is kept.
+const ACTIVE_SPELL: Duration = Duration::from_secs(10);
 /// Ports appear when virtio_console binds; rescan quickly during boot.
 const FAST_SCAN: Duration = Duration::from_millis(100);
 const FAST_SCAN_WINDOW: Duration = Duration::from_secs(10);
@@ -60,8 +66,10 @@ pub fn run(config: Arc<AgentConfig>, ready: Arc<Ready>) -> ! {
     let started = Instant::now();
     let mut next_scan = started;
     let mut warned_none = false;
+    let mut last_activity = Instant::now();
     loop {
         let now = Instant::now();
+        let nap = if now.duration_since(last_activity) < ACTIVE_SPELL { IDLE_NAP } else { QUIET_NAP };
         if now >= next_scan {
             scan(&mut ports);
             let fast = ports.is_empty() && now.duration_since(started) < FAST_SCAN_WINDOW;
@@ -75,6 +83,7 @@ pub fn run(config: Arc<AgentConfig>, ready: Arc<Ready>) -> ! {
             }
         }
         while let Ok(index) = done_rx.try_recv() {
+            last_activity = Instant::now();
             if let Some(port) = ports.get_mut(index) {
                 port.state = PortState::Closed {
                     retry_at: Instant::now(),
@@ -92,7 +101,7 @@ pub fn run(config: Arc<AgentConfig>, ready: Arc<Ready>) -> ! {
             .filter(|&i| matches!(ports[i].state, PortState::Idle(_)))
             .collect();
         if idle.is_empty() {
-            thread::sleep(IDLE_NAP);
+            thread::sleep(nap);
             continue;
         }
         let mut fds: Vec<libc::pollfd> = idle
@@ -102,7 +111,7 @@ pub fn run(config: Arc<AgentConfig>, ready: Arc<Ready>) -> ! {
                 _ => unreachable!("filtered to idle ports"),
             })
             .collect();
-        let ready_count = match sys::poll(&mut fds, Some(IDLE_NAP)) {
+        let ready_count = match sys::poll(&mut fds, Some(nap)) {
             Ok(n) => n,
             Err(e) => {
                 crate::diag!("poll on virtio ports failed: {e}");
@@ -122,12 +131,13 @@ pub fn run(config: Arc<AgentConfig>, ready: Arc<Ready>) -> ! {
                 // (a read would not block: it returns 0), so HUP decides.
             } else if revents & libc::POLLIN != 0 {
                 handed_off = true;
+                last_activity = Instant::now();
                 start_session(index, &mut ports[index], &config, &done_tx);
             }
         }
         if ready_count > 0 && !handed_off {
             // Only hang-ups: poll returned at once, so nap to avoid spinning.
-            thread::sleep(IDLE_NAP);
+            thread::sleep(nap);
         }
     }
 }

@@ -9,3 +9,4 @@ mod bad_input;
 mod snapshots;
 mod integrity;
 mod fork;
+mod crash;

@@ -338,6 +338,11 @@ impl AgentSession {
                     out.write_all(&f.payload).map_err(|source| AgentError::Io { during: "writing the local file".into(), source })?;
                 }
                 FrameKind::DataEnd => break,
+                // The agent reports a read error in place of DataEnd.
+                FrameKind::Response => {
+                    Self::response(&f)?;
+                    return Err(AgentError::Protocol("the agent ended the download with an unexpected answer".into()));
+                }
                 _ => {}
             }
         }

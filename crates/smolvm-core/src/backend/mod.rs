@@ -151,6 +151,13 @@ pub trait Backend {
     fn load_memory(&self, dir: &Path, src: &Path, timeout: Duration) -> Result<(), BackendError>;
     /// Creates `dest` as a new writable overlay on the sealed layer `parent`.
     fn branch_disk(&self, parent: &Path, dest: &Path) -> Result<(), BackendError>;
+    /// Brings a VMM that a crashed command left mid-operation (paused,
+    /// migrating, disks inactive) back to a usable state, running again if
+    /// `resume`; returns the id of the disk layer it runs on, if known.
+    fn settle(&self, dir: &Path, resume: bool) -> Result<Option<String>, BackendError> {
+        let _ = (dir, resume);
+        Ok(None)
+    }
     /// How to reach the guest agent.
     fn agent_endpoint(&self, dir: &Path) -> AgentEndpoint;
     /// Files of a sandbox directory that are runtime state (sockets,
@@ -216,6 +223,9 @@ impl Backend for AnyBackend {
     }
     fn branch_disk(&self, parent: &Path, dest: &Path) -> Result<(), BackendError> {
         self.inner().branch_disk(parent, dest)
+    }
+    fn settle(&self, dir: &Path, resume: bool) -> Result<Option<String>, BackendError> {
+        self.inner().settle(dir, resume)
     }
     fn agent_endpoint(&self, dir: &Path) -> AgentEndpoint {
         self.inner().agent_endpoint(dir)

@@ -119,16 +119,28 @@ impl Engine {
     }
 
     /// Takes the per-sandbox lock every mutating command holds.
+    /// Taking it also repairs whatever a crashed command left behind.
     pub fn lock(&self, name: &str) -> Result<LockGuard, SandboxError> {
         names::validate("sandbox name", name)?;
-        let path = self.data.locks().join(format!("sandbox-{name}.lock"));
-        Ok(lock_exclusive(&path, &format!("Sandbox '{name}'"), LOCK_WAIT)?)
+        let guard = lock_exclusive(&self.lock_path(name), &format!("Sandbox '{name}'"), LOCK_WAIT)?;
+        self.recover(name)?;
+        Ok(guard)
+    }
+
+    fn lock_path(&self, name: &str) -> PathBuf {
+        self.data.locks().join(format!("sandbox-{name}.lock"))
     }
 
     /// Reads a sandbox row, reconciling it with reality: a running or
     /// paused sandbox whose VMM is gone becomes `error`.
     pub fn get(&self, name: &str) -> Result<SandboxRow, SandboxError> {
         names::validate("sandbox name", name)?;
+        // Read-only commands repair too, when nobody is working on it.
+        if self.data.sandbox(name).join(super::recover::JOURNAL).exists() {
+            if let Ok(Some(_guard)) = crate::lock::try_lock_exclusive(&self.lock_path(name)) {
+                self.recover(name)?;
+            }
+        }
         let row = self.store.get_sandbox(name)?.ok_or_else(|| SandboxError::NotFound { name: name.into() })?;
         self.reconcile(row)
     }

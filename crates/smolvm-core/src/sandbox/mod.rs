@@ -3,11 +3,14 @@
 
 mod engine;
 mod error;
+mod recover;
 
 use serde::{Deserialize, Serialize};
 
 pub use engine::{CreateOptions, Engine, Progress, SandboxInfo};
 pub use error::SandboxError;
+pub use recover::{crash_point, PIDFILE};
+pub(crate) use recover::Journal;
 
 use crate::backend::accel::Accel;
 use crate::backend::BackendKind;
@@ -138,6 +141,13 @@ pub fn random_mac() -> String {
     format!("52:54:00:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2])
 }
 
+/// The guest hostname for a sandbox name: hostnames allow neither `_` nor
+/// more than 63 characters, sandbox names do.
+pub fn hostname_for(name: &str) -> String {
+    let h: String = name.chars().map(|c| if c == '_' { '-' } else { c }).take(63).collect();
+    h.trim_end_matches('-').to_string()
+}
+
 /// A fresh machine-id (32 lowercase hex digits).
 pub fn random_machine_id() -> String {
     let mut b = [0u8; 16];
@@ -148,6 +158,13 @@ pub fn random_machine_id() -> String {
 #[cfg(test)]
 mod tests {
     use super::SandboxStatus::{self, *};
+
+    #[test]
+    fn hostnames_follow_the_hostname_rule() {
+        assert_eq!(super::hostname_for("my_box"), "my-box");
+        assert_eq!(super::hostname_for(&"a".repeat(64)).len(), 63);
+        assert_eq!(super::hostname_for(&format!("{}_b", "a".repeat(62))), "a".repeat(62));
+    }
 
     #[test]
     fn lifecycle_transitions() {

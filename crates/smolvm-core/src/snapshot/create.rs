@@ -10,7 +10,7 @@ use crate::backend::{AnyBackend, Backend};
 use crate::layers::Layers;
 use crate::names;
 use crate::paths::create_private_dir;
-use crate::sandbox::{Engine, Progress, SandboxStatus};
+use crate::sandbox::{crash_point, Engine, Journal, Progress, SandboxStatus};
 use crate::store::SandboxRow;
 
 /// What to do when flushing the guest before a `disk` snapshot fails.
@@ -66,8 +66,21 @@ pub fn create(engine: &Engine, req: &CreateRequest, progress: &dyn Progress) -> 
     let tmp = engine.data().snapshots().join(format!(".tmp-{id}-{}", Layers::new_id()));
     create_private_dir(&tmp).map_err(|source| SnapshotError::Io { path: tmp.clone(), source })?;
     let was_running = row.status == SandboxStatus::Running;
+    let journal = Journal {
+        op: "snapshot".into(),
+        snapshot_id: id.clone(),
+        tmp_dir: tmp.file_name().map(|n| n.to_string_lossy().into_owned()),
+        was_running,
+        chain_before: row.disk_chain.clone(),
+        created_row: false,
+    };
+    if let Err(e) = engine.begin(&row.name, &journal) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e.into());
+    }
+    crash_point("snapshot.journaled");
     let result = capture(engine, &backend, &row, req, &tmp, progress).and_then(|cap| publish(engine, &row, req, &id, &tmp, cap));
-    match result {
+    let outcome = match result {
         Ok(view) => Ok(view),
         Err(e) => {
             let _ = std::fs::remove_dir_all(&tmp);
@@ -80,7 +93,9 @@ pub fn create(engine: &Engine, req: &CreateRequest, progress: &dyn Progress) -> 
             }
             Err(e)
         }
-    }
+    };
+    engine.finish(&row.name);
+    outcome
 }
 
 /// What capture produced.
@@ -118,7 +133,9 @@ fn capture(
     if pause_needed {
         backend.pause(&dir)?;
     }
+    crash_point("snapshot.paused");
     let sealed = seal(engine, backend, row);
+    crash_point("snapshot.sealed");
     if let Some(mut session) = frozen {
         let _ = session.thaw();
     }
@@ -126,6 +143,7 @@ fn capture(
     if req.snapshot_type.has_memory() {
         progress.step("Saving memory");
         backend.save_memory(&dir, &tmp.join(MEMORY), save_timeout(row.config.memory_mib))?;
+        crash_point("snapshot.memory_saved");
     }
     let mut pause_ms = if pause_needed { paused_at.elapsed().as_millis() as u64 } else { 0 };
     let final_status = if was_running && req.resume_source {
@@ -143,6 +161,7 @@ fn capture(
         SandboxStatus::Paused
     };
     engine.store().set_status(&row.name, final_status, row.process)?;
+    crash_point("snapshot.resumed");
     Ok(Captured { sealed_chain, pause_ms })
 }
 
@@ -213,6 +232,7 @@ fn publish(
     let final_dir = engine.data().snapshot(id);
     std::fs::rename(tmp, &final_dir).map_err(|source| SnapshotError::Io { path: final_dir.clone(), source })?;
     manifest::fsync_dir(&engine.data().snapshots()).map_err(|source| SnapshotError::Io { path: final_dir.clone(), source })?;
+    crash_point("snapshot.published");
     index(engine, &m, None)?;
     Ok(super::Loaded { manifest: m, restored: false, restored_vm_id: None, dir: final_dir }.view(engine))
 }

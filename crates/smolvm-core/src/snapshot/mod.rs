@@ -146,6 +146,16 @@ pub(crate) fn load(engine: &Engine, id: &str) -> Result<Loaded, SnapshotError> {
     Ok(Loaded { manifest, restored, restored_vm_id, dir })
 }
 
+/// After a crash: indexes snapshot `id` if it was published (renamed into
+/// place) but its row was never written.
+pub(crate) fn index_if_published(engine: &Engine, id: &str) {
+    if let Ok(Some(dir)) = snapshot_dir(engine, id) {
+        if let Ok(m) = manifest::read(&dir, id) {
+            let _ = index(engine, &m, read_restored_mark(&dir));
+        }
+    }
+}
+
 /// Inserts the row for a manifest.
 fn index(engine: &Engine, m: &Manifest, restored_vm_id: Option<String>) -> Result<(), SnapshotError> {
     let row = SnapshotRow {

@@ -13,7 +13,7 @@ use crate::backend::{AnyBackend, Backend, LaunchSpec};
 use crate::layers::Layers;
 use crate::paths::create_private_dir;
 use crate::process::ProcessId;
-use crate::sandbox::{Engine, Progress, SandboxStatus};
+use crate::sandbox::{crash_point, Engine, Journal, Progress, SandboxStatus};
 use crate::store::SandboxRow;
 
 /// A `snapshot restore` request.
@@ -75,6 +75,37 @@ pub fn restore(engine: &Engine, req: &RestoreRequest, progress: &dyn Progress) -
     backend.check_installed()?;
 
     // Validation is over: from here on the sandbox changes.
+    engine.begin(
+        &name,
+        &Journal {
+            op: "restore".into(),
+            snapshot_id: req.snapshot_id.clone(),
+            tmp_dir: None,
+            was_running: existing.as_ref().is_some_and(|r| r.status == SandboxStatus::Running),
+            chain_before: existing.as_ref().map(|r| r.disk_chain.clone()).unwrap_or_default(),
+            created_row: existing.is_none(),
+        },
+    )?;
+    crash_point("restore.journaled");
+    let outcome = restore_journaled(engine, req, &snap, &name, existing, &image, &backend, progress, started);
+    engine.finish(&name);
+    outcome
+}
+
+#[allow(clippy::too_many_arguments)]
+fn restore_journaled(
+    engine: &Engine,
+    req: &RestoreRequest,
+    snap: &Loaded,
+    name: &str,
+    existing: Option<SandboxRow>,
+    image: &crate::image::Image,
+    backend: &AnyBackend,
+    progress: &dyn Progress,
+    started: std::time::Instant,
+) -> Result<RestoreOutcome, SnapshotError> {
+    let name = name.to_string();
+    let new_identity = req.as_name.is_some();
     if let Some(row) = &existing {
         if let Some(process) = row.process.filter(|_| row.status.has_vmm()) {
             progress.step(&format!("Stopping sandbox '{name}'"));
@@ -82,6 +113,7 @@ pub fn restore(engine: &Engine, req: &RestoreRequest, progress: &dyn Progress) -
         }
         engine.store().set_status(&name, SandboxStatus::Stopped, None)?;
     }
+    crash_point("restore.stopped");
     let new_top = Layers::new_id();
     let mut chain = snap.manifest.disk_chain.clone();
     chain.push(new_top.clone());
@@ -102,9 +134,10 @@ pub fn restore(engine: &Engine, req: &RestoreRequest, progress: &dyn Progress) -
     if existing.is_none() {
         engine.store().insert_sandbox(&new_row)?;
     }
-    let attempt = launch_from(engine, &backend, &snap, &new_row, &image, req.resume, new_identity, progress);
+    let attempt = launch_from(engine, backend, snap, &new_row, image, req.resume, new_identity, progress);
     match attempt {
         Ok((process, status)) => {
+            crash_point("restore.launched");
             engine.store().set_config(&name, &new_row.config)?;
             engine.store().set_disk_chain(&name, &chain)?;
             engine.store().set_status(&name, status, Some(process))?;
@@ -224,7 +257,7 @@ fn launch_from(
         if new_identity {
             // A copy must not look like its source: own hostname and machine-id.
             let mut session = agent::connect(&backend.agent_endpoint(&dir), Duration::from_secs(10))?;
-            session.set_identity(&row.name, &crate::sandbox::random_machine_id())?;
+            session.set_identity(&crate::sandbox::hostname_for(&row.name), &crate::sandbox::random_machine_id())?;
         }
         if !resume {
             backend.pause(&dir)?;

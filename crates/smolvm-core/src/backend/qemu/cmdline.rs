@@ -69,6 +69,8 @@ pub fn build(spec: &LaunchSpec<'_>) -> Vec<String> {
     push(&["-chardev", &format!("file,id=console,path={CONSOLE_LOG},append=on")]);
     push(&["-serial", "chardev:console"]);
     push(&["-qmp", &format!("unix:{QMP_SOCKET},server=on,wait=off")]);
+    // Lets a later command find (and kill) a QEMU whose launcher crashed.
+    push(&["-pidfile", crate::sandbox::PIDFILE]);
     if spec.paused {
         push(&["-S"]);
     }
@@ -92,7 +94,7 @@ pub fn kernel_cmdline(spec: &LaunchSpec<'_>) -> String {
             parts.push(format!("tsc_early_khz={khz}"));
         }
     }
-    parts.push(format!("smolvm.hostname={}", spec.name));
+    parts.push(format!("smolvm.hostname={}", crate::sandbox::hostname_for(spec.name)));
     if c.network == NetworkMode::User {
         parts.push(format!("smolvm.ip={GUEST_IP}/24 smolvm.gw=10.0.2.2 smolvm.dns=10.0.2.3"));
     }

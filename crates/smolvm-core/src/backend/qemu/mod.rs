@@ -184,12 +184,16 @@ impl Backend for QemuBackend {
         self.qemu_img.create_overlay(parent, "qcow2", dest, None)
     }
 
+    fn settle(&self, dir: &Path, resume: bool) -> Result<Option<String>, BackendError> {
+        self.settle_impl(dir, resume)
+    }
+
     fn agent_endpoint(&self, dir: &Path) -> AgentEndpoint {
         AgentEndpoint::SerialPorts { dir: dir.to_path_buf(), count: smolvm_proto::AGENT_PORTS }
     }
 
     fn runtime_files(&self, dir: &Path) -> Vec<PathBuf> {
-        let mut files = vec![dir.join(QMP_SOCKET)];
+        let mut files = vec![dir.join(QMP_SOCKET), dir.join(crate::sandbox::PIDFILE)];
         for n in 0..smolvm_proto::AGENT_PORTS {
             files.push(dir.join(format!("agent-{n}.sock")));
         }

@@ -81,6 +81,36 @@ impl QemuBackend {
     }
 }
 
+impl QemuBackend {
+    pub(super) fn settle_impl(&self, dir: &Path, resume: bool) -> Result<Option<String>, BackendError> {
+        let mut qmp = self.qmp(dir)?;
+        let mig = qmp.execute("query-migrate", None)?;
+        if matches!(mig["status"].as_str(), Some("active" | "setup" | "device" | "pre-switchover")) {
+            qmp.execute("migrate_cancel", None)?;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                let s = qmp.execute("query-migrate", None)?;
+                if !matches!(s["status"].as_str(), Some("active" | "setup" | "device" | "pre-switchover" | "cancelling")) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        // Harmless when the disks are already active.
+        let _ = qmp.execute("blockdev-set-active", Some(json!({ "active": true })));
+        let status = qmp.execute("query-status", None)?;
+        if resume && status["running"] != true {
+            qmp.execute("cont", None)?;
+        }
+        let blocks = qmp.execute("query-block", None)?;
+        let top = blocks
+            .as_array()
+            .and_then(|b| b.iter().find_map(|d| d["inserted"]["node-name"].as_str()))
+            .map(str::to_string);
+        Ok(top)
+    }
+}
+
 fn set_mapped_ram(qmp: &mut smolvm_qmp::Qmp<std::os::unix::net::UnixStream>) -> Result<(), BackendError> {
     qmp.execute(
         "migrate-set-capabilities",
