@@ -7,6 +7,6 @@ RUSTFLAGS='-C target-feature=+crt-static' \
   cargo build --release --locked -q -p smolvm-agent --target x86_64-unknown-linux-gnu
 test -x target/release/smolvm
 test -x target/x86_64-unknown-linux-gnu/release/smolvm-agent
-# The agent is looked up next to the smolvm binary first.
-cp -f target/x86_64-unknown-linux-gnu/release/smolvm-agent target/release/smolvm-agent
-echo "built: target/release/smolvm, target/release/smolvm-agent (static)" >&2
+# smolvm finds the static agent there by itself (a host build of the
+# workspace may put a dynamic one next to it, which it skips).
+echo "built: target/release/smolvm, target/x86_64-unknown-linux-gnu/release/smolvm-agent (static)" >&2

@@ -6,5 +6,5 @@ cd "$(dirname "$0")/.."
 bash scripts/setup-host.sh
 bash scripts/build.sh
 # Real guests keep a core busy while they boot: at most two tests at once.
-export SMOLVM_TEST_AGENT_BIN="$PWD/target/release/smolvm-agent"
+export SMOLVM_TEST_AGENT_BIN="$PWD/target/x86_64-unknown-linux-gnu/release/smolvm-agent"
 cargo test --release --locked --workspace -- --test-threads 2

@@ -20,6 +20,14 @@ pub(crate) enum Command {
     /// Build and manage guest images.
     #[command(subcommand, arg_required_else_help = true)]
     Image(ImageCmd),
+    /// Check host prerequisites and the consistency of smolvm's state.
+    Doctor {
+        /// Repair what is safe to repair, and say what was done.
+        #[arg(long)]
+        fix: bool,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
 }
 
 impl Command {
@@ -27,6 +35,7 @@ impl Command {
         match self {
             Command::Sandbox(c) => c.json(),
             Command::Image(c) => c.json(),
+            Command::Doctor { out, .. } => out.json,
         }
     }
 
@@ -35,6 +44,7 @@ impl Command {
         match self {
             Command::Sandbox(c) => format!("sandbox.{}", c.name()),
             Command::Image(c) => format!("image.{}", c.name()),
+            Command::Doctor { .. } => "doctor".into(),
         }
     }
 }

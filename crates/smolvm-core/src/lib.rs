@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod backend;
+pub mod doctor;
 pub mod error;
 pub mod image;
 pub mod layers;

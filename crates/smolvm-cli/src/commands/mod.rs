@@ -26,6 +26,7 @@ pub(crate) fn run(command: Command) -> Result<Done, CliError> {
         Command::Sandbox(SandboxCmd::Fork { source, name, count, out }) => snapshot::fork(&source, &name, count, out.json),
         Command::Sandbox(cmd) => sandbox::run(cmd),
         Command::Image(cmd) => image::run(cmd),
+        Command::Doctor { fix, .. } => doctor(fix),
     }
 }
 
@@ -47,4 +48,24 @@ pub(crate) fn seconds(value: f64, flag: &str) -> Result<Duration, CliError> {
     } else {
         Err(CliError::new("invalid_input", format!("{flag} must be a positive number of seconds, not {value}")))
     }
+}
+
+fn doctor(fix: bool) -> Result<Done, CliError> {
+    let checks = smolvm_core::doctor::run(&engine()?, fix);
+    let mut human = String::new();
+    for c in &checks {
+        let mark = match (c.status, c.fixed) {
+            (_, true) => "fixed",
+            ("ok", _) => "ok",
+            ("warn", _) => "WARN",
+            _ => "FAIL",
+        };
+        human.push_str(&format!("{mark:>5}  {:<20} {}\n", c.name, c.detail));
+    }
+    let failed = checks.iter().any(|c| c.status == "fail" || (c.status == "warn" && !c.fixed && c.name != "acceleration" && c.name != "images"));
+    let data = serde_json::json!({ "checks": checks, "fix": fix });
+    if failed {
+        return Err(CliError { data: Some(data), ..CliError::new("doctor_found_problems", human.trim_end().to_string()) });
+    }
+    Ok(Done::new(data, human))
 }

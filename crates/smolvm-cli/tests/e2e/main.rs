@@ -10,3 +10,4 @@ mod snapshots;
 mod integrity;
 mod fork;
 mod crash;
+mod doctor;
