@@ -11,3 +11,4 @@ mod integrity;
 mod fork;
 mod crash;
 mod doctor;
+mod stress;
