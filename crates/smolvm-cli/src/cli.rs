@@ -434,6 +434,28 @@ pub(crate) enum ImageCmd {
         #[command(flatten)]
         out: JsonFlag,
     },
+    /// Bring in a kernel of your own (an ELF vmlinux) as an image, with an
+    /// optional initramfs and root filesystem.
+    Import {
+        /// Image name.
+        #[arg(long)]
+        name: String,
+        /// The ELF kernel (vmlinux).
+        #[arg(long)]
+        kernel: std::path::PathBuf,
+        /// An initramfs for it.
+        #[arg(long)]
+        initramfs: Option<std::path::PathBuf>,
+        /// A raw root filesystem image (default: an empty 16 MiB disk).
+        #[arg(long)]
+        rootfs: Option<std::path::PathBuf>,
+        /// The guest runs no smolvm agent: it is up once its serial console
+        /// prints this text (without it, sandboxes wait for the agent).
+        #[arg(long, value_name = "TEXT")]
+        ready_console: Option<String>,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
     /// List built images.
     List {
         #[command(flatten)]
@@ -450,12 +472,15 @@ pub(crate) enum ImageCmd {
 impl ImageCmd {
     fn json(&self) -> bool {
         match self {
-            ImageCmd::Build { out, .. } | ImageCmd::List { out } | ImageCmd::Delete { out, .. } => out.json,
+            ImageCmd::Build { out, .. } | ImageCmd::Import { out, .. } | ImageCmd::List { out } | ImageCmd::Delete { out, .. } => {
+                out.json
+            }
         }
     }
     fn name(&self) -> &'static str {
         match self {
             ImageCmd::Build { .. } => "build",
+            ImageCmd::Import { .. } => "import",
             ImageCmd::List { .. } => "list",
             ImageCmd::Delete { .. } => "delete",
         }

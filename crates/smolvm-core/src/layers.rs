@@ -1,5 +1,8 @@
-//! Disk layers: qcow2 files in `<data>/layers/`, each an overlay on the
-//! previous one (the first on the image's root filesystem).
+//! Disk layers: files in `<data>/layers/`. For QEMU each is a qcow2
+//! overlay on the previous one (the first on the image's root
+//! filesystem); for Firecracker each is a complete raw ext4 file, cloned
+//! by reflink or as a sparse copy from the previous one. A layer's
+//! extension says which (`BackendKind::layer_extension`).
 //!
 //! A sandbox runs on the top layer of its chain. A snapshot seals that top
 //! layer (the VM switches to a fresh overlay on it) and records the chain,
@@ -10,15 +13,27 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
+/// Extensions of every layer format.
+const EXTENSIONS: [&str; 2] = ["qcow2", "raw"];
+
 /// The layer directory.
 pub struct Layers {
     dir: PathBuf,
+    /// Extension of layers created through this handle.
+    ext: &'static str,
 }
 
 impl Layers {
-    /// Layers under `dir`.
+    /// Layers under `dir`; new ones are qcow2.
     pub fn new(dir: PathBuf) -> Self {
-        Layers { dir }
+        Layers { dir, ext: EXTENSIONS[0] }
+    }
+
+    /// Layers under `dir`; new ones get extension `ext` (one of the known
+    /// layer formats).
+    pub fn with_extension(dir: PathBuf, ext: &'static str) -> Self {
+        debug_assert!(EXTENSIONS.contains(&ext));
+        Layers { dir, ext }
     }
 
     /// A fresh, unique layer id.
@@ -34,10 +49,20 @@ impl Layers {
         id.len() == 18 && id.starts_with("l-") && id[2..].bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
     }
 
-    /// The file of layer `id` (which must be valid).
+    /// The file of layer `id` (which must be valid): the existing file of
+    /// that id whatever its format, else where a new one of this handle's
+    /// format goes.
     pub fn path(&self, id: &str) -> PathBuf {
         debug_assert!(Self::is_valid_id(id));
-        self.dir.join(format!("{id}.qcow2"))
+        let own = self.dir.join(format!("{id}.{}", self.ext));
+        if own.exists() {
+            return own;
+        }
+        EXTENSIONS
+            .iter()
+            .map(|ext| self.dir.join(format!("{id}.{ext}")))
+            .find(|p| p.exists())
+            .unwrap_or(own)
     }
 
     /// The directory.
@@ -52,7 +77,9 @@ impl Layers {
         let Ok(entries) = std::fs::read_dir(&self.dir) else { return removed };
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(id) = name.strip_suffix(".qcow2") else { continue };
+            let Some(id) = EXTENSIONS.iter().find_map(|ext| name.strip_suffix(ext).and_then(|n| n.strip_suffix('.'))) else {
+                continue;
+            };
             if Self::is_valid_id(id) && !referenced.contains(id) && std::fs::remove_file(entry.path()).is_ok() {
                 removed.push(id.to_string());
             }
@@ -88,5 +115,21 @@ mod tests {
         assert_eq!(removed, vec![drop.clone()]);
         assert!(layers.path(&keep).exists() && !layers.path(&drop).exists());
         assert!(dir.path().join("other.txt").exists());
+    }
+
+    #[test]
+    fn raw_layers_are_found_and_collected_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let raw = Layers::with_extension(dir.path().to_path_buf(), "raw");
+        let (keep, drop) = (Layers::new_id(), Layers::new_id());
+        assert!(raw.path(&keep).to_string_lossy().ends_with(".raw"));
+        for id in [&keep, &drop] {
+            std::fs::write(raw.path(id), b"x").unwrap();
+        }
+        // A handle for another format still finds existing raw layers.
+        let any = Layers::new(dir.path().to_path_buf());
+        assert_eq!(any.path(&keep), raw.path(&keep));
+        assert_eq!(any.collect_garbage(&[keep.clone()].into_iter().collect()), vec![drop.clone()]);
+        assert!(raw.path(&keep).exists() && !raw.path(&drop).exists());
     }
 }

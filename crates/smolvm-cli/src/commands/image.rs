@@ -1,7 +1,7 @@
 //! `smolvm image build|list|delete`.
 
 use serde_json::json;
-use smolvm_core::image::{find_agent_binary, Base};
+use smolvm_core::image::{find_agent_binary, Base, ImportSpec, Readiness};
 
 use super::engine;
 use crate::cli::ImageCmd;
@@ -23,6 +23,11 @@ pub(crate) fn run(cmd: ImageCmd) -> Result<Done, CliError> {
                 json!({ "image": image_json(&image), "build_seconds": took.as_secs_f64() }),
                 format!("Built image '{}' ({}, kernel {}) in {:.1}s.", image.name, image.base, image.kernel_version, took.as_secs_f64()),
             ))
+        }
+        ImageCmd::Import { name, kernel, initramfs, rootfs, ready_console, .. } => {
+            let spec = ImportSpec { kernel: &kernel, initramfs: initramfs.as_deref(), rootfs: rootfs.as_deref(), ready_console };
+            let image = engine.images().import(&name, &spec)?;
+            Ok(Done::new(json!({ "image": image_json(&image) }), format!("Imported image '{}'.", image.name)))
         }
         ImageCmd::List { .. } => {
             let images = engine.images().list()?;
@@ -91,5 +96,9 @@ fn image_json(i: &smolvm_core::image::Image) -> serde_json::Value {
         "created_at": i.created_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
         "size_bytes": i.size_bytes,
         "path": i.dir,
+        "ready": match &i.ready {
+            Readiness::Agent => json!({ "agent": true }),
+            Readiness::Console(text) => json!({ "agent": false, "console": text }),
+        },
     })
 }

@@ -55,7 +55,7 @@ impl Env {
             .env("SMOLVM_IMAGE_DIR", shared_images())
             .env("SMOLVM_ACCEL", "tcg")
             .env("SMOLVM_IMAGE", "tiny")
-            .env_remove("SMOLVM_BACKEND")
+            .env("SMOLVM_BACKEND", "qemu")
             .stdin(Stdio::null());
         cmd
     }

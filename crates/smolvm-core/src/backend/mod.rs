@@ -19,6 +19,7 @@ use crate::error::{Coded, ErrorCode};
 use crate::image::Image;
 use crate::process::ProcessId;
 use crate::sandbox::SandboxConfig;
+use accel::Accel;
 
 /// Which VMM runs a sandbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,6 +37,16 @@ impl BackendKind {
         match self {
             BackendKind::Qemu => "qemu",
             BackendKind::Firecracker => "firecracker",
+        }
+    }
+
+    /// File name extension of this backend's disk layers in
+    /// `<data>/layers/`: qcow2 overlays for QEMU, raw ext4 files for
+    /// Firecracker (which has no image formats).
+    pub fn layer_extension(self) -> &'static str {
+        match self {
+            BackendKind::Qemu => "qcow2",
+            BackendKind::Firecracker => "raw",
         }
     }
 }
@@ -109,6 +120,20 @@ pub enum BackendError {
     /// The backend cannot do this (yet).
     #[error("{0}")]
     Unsupported(String),
+    /// The VMM's HTTP control API failed (Firecracker).
+    #[error("{vmm} failed while {what}")]
+    ControlApi {
+        /// The VMM.
+        vmm: &'static str,
+        /// What we asked it to do.
+        what: String,
+        /// Cause (carries the VMM's own fault message).
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
+    /// The installed VMM cannot load this snapshot.
+    #[error("{0}")]
+    Incompatible(String),
 }
 
 impl Coded for BackendError {
@@ -116,6 +141,7 @@ impl Coded for BackendError {
         match self {
             BackendError::NotInstalled { .. } => ErrorCode::MissingDependency,
             BackendError::Unsupported(_) => ErrorCode::InvalidInput,
+            BackendError::Incompatible(_) => ErrorCode::Refused,
             _ => ErrorCode::RuntimeError,
         }
     }
@@ -143,12 +169,37 @@ pub trait Backend {
     /// empty overlay at `new_top` (node `new_top_id`) whose backing file is
     /// the old top (node `top_id`). The VM must be paused or quiesced.
     fn seal_disk(&self, dir: &Path, top_id: &str, new_top: &Path, new_top_id: &str) -> Result<(), BackendError>;
-    /// Writes the paused VM's memory and device state to `dest` (created
-    /// 0600); the VM stays paused and usable.
-    fn save_memory(&self, dir: &Path, dest: &Path, timeout: Duration) -> Result<(), BackendError>;
-    /// Loads memory and device state saved by `save_memory` into a VM that
-    /// was launched with `LaunchSpec::incoming`; it stays paused.
-    fn load_memory(&self, dir: &Path, src: &Path, timeout: Duration) -> Result<(), BackendError>;
+    /// Writes the paused VM's memory and device state to `dest.memory`
+    /// (and `dest.state`, for backends that keep device state in a file of
+    /// its own), created 0600; the VM stays paused and usable. With
+    /// `want_delta` the backend may write only the memory changed since
+    /// the VM's last snapshot or load (see [`SavedMemory::delta`]).
+    fn save_memory(&self, dir: &Path, dest: &MemoryFiles<'_>, want_delta: bool, timeout: Duration) -> Result<SavedMemory, BackendError>;
+    /// Called once the guest runs again, before the memory file is hashed:
+    /// a chance to shrink it (e.g. turn zero pages into holes). Returns the
+    /// bytes freed.
+    fn compact_memory(&self, memory: &Path, delta: bool) -> Result<u64, BackendError> {
+        let _ = (memory, delta);
+        Ok(0)
+    }
+    /// Loads a saved machine into a VM that was launched with
+    /// `LaunchSpec::incoming`. `chain` is the memory: a self-contained
+    /// file, then the deltas written over it, oldest first. The VM stays
+    /// paused unless `resume`.
+    fn load_memory(&self, dir: &Path, chain: &[&Path], state: Option<&Path>, resume: bool, timeout: Duration) -> Result<(), BackendError>;
+    /// Writes `dest` as one self-contained memory file equal to `chain`
+    /// (a self-contained file and its deltas, oldest first), verified.
+    fn merge_memory(&self, chain: &[&Path], dest: &Path) -> Result<(), BackendError> {
+        let _ = (chain, dest);
+        Err(BackendError::Unsupported(format!("The {} backend writes no memory deltas to merge", self.kind().as_str())))
+    }
+    /// Refuses a restore this VMM cannot load: `recorded_version` is what
+    /// `check_installed` said when the snapshot was taken, `state` its
+    /// device-state file if it has one.
+    fn check_restorable(&self, recorded_version: &str, state: Option<&Path>) -> Result<(), BackendError> {
+        let _ = (recorded_version, state);
+        Ok(())
+    }
     /// Creates `dest` as a new writable overlay on the sealed layer `parent`.
     fn branch_disk(&self, parent: &Path, dest: &Path) -> Result<(), BackendError>;
     /// Brings a VMM that a crashed command left mid-operation (paused,
@@ -163,6 +214,52 @@ pub trait Backend {
     /// Files of a sandbox directory that are runtime state (sockets,
     /// locks) and are removed when the VMM stops.
     fn runtime_files(&self, dir: &Path) -> Vec<PathBuf>;
+    /// Whether `--backend auto` may pick this backend on this host.
+    fn usable_for_auto(&self) -> bool {
+        true
+    }
+    /// The only acceleration this backend runs guests with, if it has no
+    /// choice (else `--accel` decides).
+    fn fixed_accel(&self) -> Option<Accel> {
+        None
+    }
+    /// Refuses a configuration this backend cannot run.
+    fn validate_config(&self, config: &SandboxConfig) -> Result<(), BackendError> {
+        let _ = config;
+        Ok(())
+    }
+    /// The guest's network address, when it has one the host can reach.
+    fn guest_ip(&self, dir: &Path, config: &SandboxConfig) -> Option<String>;
+}
+
+/// Where `save_memory` writes.
+#[derive(Debug, Clone, Copy)]
+pub struct MemoryFiles<'a> {
+    /// Guest memory (for QEMU: memory and device state).
+    pub memory: &'a Path,
+    /// Device state, for backends that keep it apart from memory.
+    pub state: &'a Path,
+}
+
+/// What `save_memory` wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SavedMemory {
+    /// The memory file holds only what changed since the VM's previous
+    /// snapshot or load, to be applied over that one's memory.
+    pub delta: bool,
+    /// `MemoryFiles::state` was written.
+    pub state_file: bool,
+}
+
+/// The preferred backend that can run here: Firecracker when its binary
+/// and a usable KVM exist, else QEMU.
+pub fn resolve_auto() -> BackendKind {
+    for kind in [BackendKind::Firecracker, BackendKind::Qemu] {
+        if AnyBackend::new(kind).usable_for_auto() {
+            return kind;
+        }
+    }
+    BackendKind::Qemu
 }
 
 /// The closed set of backends.
@@ -215,11 +312,20 @@ impl Backend for AnyBackend {
     fn seal_disk(&self, dir: &Path, top_id: &str, new_top: &Path, new_top_id: &str) -> Result<(), BackendError> {
         self.inner().seal_disk(dir, top_id, new_top, new_top_id)
     }
-    fn save_memory(&self, dir: &Path, dest: &Path, timeout: Duration) -> Result<(), BackendError> {
-        self.inner().save_memory(dir, dest, timeout)
+    fn save_memory(&self, dir: &Path, dest: &MemoryFiles<'_>, want_delta: bool, timeout: Duration) -> Result<SavedMemory, BackendError> {
+        self.inner().save_memory(dir, dest, want_delta, timeout)
     }
-    fn load_memory(&self, dir: &Path, src: &Path, timeout: Duration) -> Result<(), BackendError> {
-        self.inner().load_memory(dir, src, timeout)
+    fn compact_memory(&self, memory: &Path, delta: bool) -> Result<u64, BackendError> {
+        self.inner().compact_memory(memory, delta)
+    }
+    fn load_memory(&self, dir: &Path, chain: &[&Path], state: Option<&Path>, resume: bool, timeout: Duration) -> Result<(), BackendError> {
+        self.inner().load_memory(dir, chain, state, resume, timeout)
+    }
+    fn merge_memory(&self, chain: &[&Path], dest: &Path) -> Result<(), BackendError> {
+        self.inner().merge_memory(chain, dest)
+    }
+    fn check_restorable(&self, recorded_version: &str, state: Option<&Path>) -> Result<(), BackendError> {
+        self.inner().check_restorable(recorded_version, state)
     }
     fn branch_disk(&self, parent: &Path, dest: &Path) -> Result<(), BackendError> {
         self.inner().branch_disk(parent, dest)
@@ -232,6 +338,18 @@ impl Backend for AnyBackend {
     }
     fn runtime_files(&self, dir: &Path) -> Vec<PathBuf> {
         self.inner().runtime_files(dir)
+    }
+    fn usable_for_auto(&self) -> bool {
+        self.inner().usable_for_auto()
+    }
+    fn fixed_accel(&self) -> Option<Accel> {
+        self.inner().fixed_accel()
+    }
+    fn validate_config(&self, config: &SandboxConfig) -> Result<(), BackendError> {
+        self.inner().validate_config(config)
+    }
+    fn guest_ip(&self, dir: &Path, config: &SandboxConfig) -> Option<String> {
+        self.inner().guest_ip(dir, config)
     }
 }
 

@@ -80,6 +80,8 @@ pub struct SandboxInfo {
     pub accel: Accel,
     /// Guest IP address.
     pub ip_address: Option<String>,
+    /// The VMM that ran it last (e.g. its version string).
+    pub vmm_version: Option<String>,
     /// Port forwards.
     pub ports: Vec<PortForward>,
     /// Sandbox directory.
@@ -177,8 +179,19 @@ impl Engine {
         }
         let backend_kind = resolve_backend(&opts.backend)?;
         let backend = AnyBackend::new(backend_kind);
-        backend.check_installed()?;
-        let accel = resolve_accel(&opts.accel, progress)?;
+        let vmm_version = backend.check_installed()?;
+        let accel = match backend.fixed_accel() {
+            Some(only) if opts.accel == "auto" || opts.accel == only.as_str() => only,
+            Some(only) => {
+                return Err(SandboxError::InvalidInput(format!(
+                    "the {} backend always uses {}; drop '--accel {}' (or SMOLVM_ACCEL)",
+                    backend_kind.as_str(),
+                    only.as_str(),
+                    opts.accel
+                )))
+            }
+            None => resolve_accel(&opts.accel, progress)?,
+        };
         let image = self.images.get(&opts.image)?;
         let image_mib = image_size_mib(&image);
         let disk_size_mib = opts.disk_size_mib.unwrap_or(image_mib);
@@ -207,7 +220,9 @@ impl Engine {
             network: opts.network,
             ports: opts.ports.clone(),
             mac: super::random_mac(),
+            vmm_version: Some(vmm_version),
         };
+        backend.validate_config(&config)?;
 
         let _lock = self.lock(&name)?;
         let now = crate::now_rfc3339();
@@ -233,7 +248,7 @@ impl Engine {
             }
             create_private_dir(&dir).map_err(|source| SandboxError::Io { path: dir.clone(), source })?;
             progress.step("Creating the copy-on-write disk");
-            backend.create_disk(&image, &self.layers().path(&layer), disk_size_mib)?;
+            backend.create_disk(&image, &self.layers_for(backend_kind).path(&layer), disk_size_mib)?;
             self.boot(&row, &image, &backend, opts.boot_timeout, progress)
         })();
         match result {
@@ -262,27 +277,9 @@ impl Engine {
         let disk = self.top_layer(row)?;
         let disk_id = row.disk_chain.last().map(String::as_str).unwrap_or_default();
         let spec = LaunchSpec { name: &row.name, dir: &dir, config: &row.config, image, disk: &disk, disk_id, paused: false, incoming: None };
+        let console_from = super::console_offset(&dir);
         let process = backend.launch(&spec)?;
-        progress.step("Waiting for the guest agent");
-        let ready = agent::wait_ready(&backend.agent_endpoint(&dir), timeout, || {
-            if process.is_alive() {
-                Ok(())
-            } else {
-                Err(SandboxError::Boot {
-                    name: row.name.clone(),
-                    reason: format!(
-                        "the VMM exited during boot; console: {}",
-                        crate::backend::log_tail(&dir.join("console.log"), 1500)
-                    ),
-                })
-            }
-        });
-        let failure = match ready {
-            Ok(Ok(_)) => None,
-            Ok(Err(e)) => Some(SandboxError::Boot { name: row.name.clone(), reason: e.to_string() }),
-            Err(e) => Some(e),
-        };
-        if let Some(e) = failure {
+        if let Some(e) = super::wait_guest_ready(&row.name, &dir, image, backend, &process, console_from, timeout, progress).err() {
             let _ = backend.kill(&dir, &process, Duration::from_secs(2));
             return Err(e);
         }
@@ -337,6 +334,9 @@ impl Engine {
         self.store.set_status(&row.name, SandboxStatus::Running, row.process)?;
         // The wall clock stood still while paused. A guest that was never
         // booted (restored from a disk snapshot, paused) has no agent yet.
+        if !self.has_agent(&row.config.image) {
+            return Ok(());
+        }
         if let Err(e) = self.refresh_guest(&row.name, &backend) {
             tracing::debug!(sandbox = %row.name, error = %e, "could not refresh the guest after resume");
         }
@@ -370,9 +370,8 @@ impl Engine {
                 let _ = backend.resume(&dir);
             }
             // A clean power-off flushes the guest's page cache to the disk.
-            let asked = agent::connect(&backend.agent_endpoint(&dir), Duration::from_secs(2))
-                .and_then(|mut s| s.shutdown())
-                .is_ok();
+            let asked = self.has_agent(&row.config.image)
+                && agent::connect(&backend.agent_endpoint(&dir), Duration::from_secs(2)).and_then(|mut s| s.shutdown()).is_ok();
             if !(asked && process.wait_gone(timeout)) {
                 backend.kill(&dir, &process, Duration::from_secs(2))?;
             }
@@ -404,15 +403,26 @@ impl Engine {
         Ok(())
     }
 
-    /// The layer store.
+    /// The layer store (finds layers of every format; new ones are qcow2).
     pub fn layers(&self) -> Layers {
         Layers::new(self.data.layers())
+    }
+
+    /// The layer store, creating layers in `kind`'s format.
+    pub fn layers_for(&self, kind: BackendKind) -> Layers {
+        Layers::with_extension(self.data.layers(), kind.layer_extension())
+    }
+
+    /// Whether guests of image `image` run the smolvm agent (true when the
+    /// image is unreadable: the agent is the norm).
+    pub(crate) fn has_agent(&self, image: &str) -> bool {
+        self.images.get(image).map(|i| i.ready.has_agent()).unwrap_or(true)
     }
 
     /// The writable top layer of a sandbox's disk chain.
     pub(crate) fn top_layer(&self, row: &SandboxRow) -> Result<PathBuf, SandboxError> {
         match row.disk_chain.last() {
-            Some(id) if Layers::is_valid_id(id) => Ok(self.layers().path(id)),
+            Some(id) if Layers::is_valid_id(id) => Ok(self.layers_for(row.config.backend).path(id)),
             _ => Err(SandboxError::InvalidInput(format!(
                 "Sandbox '{0}' has no usable disk record; delete it with 'smolvm sandbox delete {0}'",
                 row.name
@@ -473,7 +483,8 @@ impl Engine {
             memory: c.memory_mib,
             disk_size: c.disk_size_mib,
             accel: c.accel,
-            ip_address: (c.network == NetworkMode::User).then(|| crate::backend::qemu::GUEST_IP.to_string()),
+            ip_address: AnyBackend::new(c.backend).guest_ip(&self.data.sandbox(&row.name), c),
+            vmm_version: c.vmm_version.clone(),
             ports: c.ports.clone(),
             dir: self.data.sandbox(&row.name),
             created_at: row.created_at.clone(),
@@ -517,8 +528,8 @@ fn wrong_state(row: &SandboxRow, op: &'static str, hint: &str) -> SandboxError {
 
 fn resolve_backend(choice: &str) -> Result<BackendKind, SandboxError> {
     match choice {
-        // Firecracker joins `auto` once its backend lands (issue #4).
-        "auto" | "qemu" => Ok(BackendKind::Qemu),
+        "auto" => Ok(crate::backend::resolve_auto()),
+        "qemu" => Ok(BackendKind::Qemu),
         "firecracker" => Ok(BackendKind::Firecracker),
         other => Err(SandboxError::InvalidInput(format!("unknown backend '{other}'; use auto, qemu or firecracker"))),
     }

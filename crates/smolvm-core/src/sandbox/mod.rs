@@ -3,12 +3,14 @@
 
 mod engine;
 mod error;
+mod readiness;
 mod recover;
 
 use serde::{Deserialize, Serialize};
 
 pub use engine::{CreateOptions, Engine, Progress, SandboxInfo};
 pub use error::SandboxError;
+pub(crate) use readiness::{console_offset, wait_guest_ready, MemoryBase};
 pub use recover::{crash_point, PIDFILE};
 pub(crate) use recover::Journal;
 
@@ -132,6 +134,10 @@ pub struct SandboxConfig {
     pub ports: Vec<PortForward>,
     /// The guest NIC's MAC address.
     pub mac: String,
+    /// The VMM that ran it last (its `check_installed` string), recorded
+    /// at create and restore time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vmm_version: Option<String>,
 }
 
 /// A random locally administered MAC in QEMU's 52:54:00 range.

@@ -3,14 +3,14 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::manifest::{self, Manifest, SnapshotType, FORMAT, FORMAT_VERSION, MEMORY};
+use super::manifest::{self, Manifest, SnapshotType, FORMAT, FORMAT_VERSION, MEMORY, STATE};
 use super::{allocated_bytes, index, integrity, lock, snapshot_dir, SnapshotError, SnapshotView};
 use crate::agent;
-use crate::backend::{AnyBackend, Backend};
+use crate::backend::{AnyBackend, Backend, MemoryFiles, SavedMemory};
 use crate::layers::Layers;
 use crate::names;
 use crate::paths::create_private_dir;
-use crate::sandbox::{crash_point, Engine, Journal, Progress, SandboxStatus};
+use crate::sandbox::{crash_point, Engine, Journal, MemoryBase, Progress, SandboxStatus};
 use crate::store::SandboxRow;
 
 /// What to do when flushing the guest before a `disk` snapshot fails.
@@ -102,6 +102,10 @@ pub fn create(engine: &Engine, req: &CreateRequest, progress: &dyn Progress) -> 
 struct Captured {
     sealed_chain: Vec<String>,
     pause_ms: u64,
+    /// What the backend wrote, for memory snapshots.
+    saved: Option<SavedMemory>,
+    /// The snapshot a delta memory file applies to.
+    memory_base: Option<String>,
 }
 
 fn capture(
@@ -140,9 +144,20 @@ fn capture(
         let _ = session.thaw();
     }
     let sealed_chain = sealed?;
+    let mut saved = None;
+    let mut memory_base = None;
     if req.snapshot_type.has_memory() {
         progress.step("Saving memory");
-        backend.save_memory(&dir, &tmp.join(MEMORY), save_timeout(row.config.memory_mib))?;
+        // A diff may hold only what changed since the VMM's memory last
+        // matched a snapshot, when the backend can tell (Firecracker).
+        let base = if req.snapshot_type == SnapshotType::Diff { usable_memory_base(engine, row) } else { None };
+        // Saving consumes the backend's change tracking: until this
+        // snapshot is published, no base is known.
+        MemoryBase::clear(&dir);
+        let files = MemoryFiles { memory: &tmp.join(MEMORY), state: &tmp.join(STATE) };
+        let wrote = backend.save_memory(&dir, &files, base.is_some(), save_timeout(row.config.memory_mib))?;
+        memory_base = base.filter(|_| wrote.delta);
+        saved = Some(wrote);
         crash_point("snapshot.memory_saved");
     }
     let mut pause_ms = if pause_needed { paused_at.elapsed().as_millis() as u64 } else { 0 };
@@ -162,7 +177,15 @@ fn capture(
     };
     engine.store().set_status(&row.name, final_status, row.process)?;
     crash_point("snapshot.resumed");
-    Ok(Captured { sealed_chain, pause_ms })
+    Ok(Captured { sealed_chain, pause_ms, saved, memory_base })
+}
+
+/// The sandbox's memory base (see `sandbox::MemoryBase`), if that
+/// snapshot is still there with its memory.
+fn usable_memory_base(engine: &Engine, row: &SandboxRow) -> Option<String> {
+    let id = MemoryBase::read(&engine.dir(&row.name), row.process)?;
+    let loaded = super::load(engine, &id).ok()?;
+    (loaded.manifest.memory_file.is_some() && loaded.manifest.backend == row.config.backend).then_some(id)
 }
 
 /// Seals the top layer; returns the chain that now holds the snapshot's disk.
@@ -174,9 +197,10 @@ fn seal(engine: &Engine, backend: &AnyBackend, row: &SandboxRow) -> Result<Vec<S
     // Recorded before the file exists, so layer garbage collection never
     // sees the new layer unreferenced.
     engine.store().set_disk_chain(&row.name, &chain)?;
-    if let Err(e) = backend.seal_disk(&engine.dir(&row.name), &top_id, &engine.layers().path(&new_id), &new_id) {
+    let new_path = engine.layers_for(row.config.backend).path(&new_id);
+    if let Err(e) = backend.seal_disk(&engine.dir(&row.name), &top_id, &new_path, &new_id) {
         engine.store().set_disk_chain(&row.name, &row.disk_chain)?;
-        let _ = std::fs::remove_file(engine.layers().path(&new_id));
+        let _ = std::fs::remove_file(&new_path);
         return Err(e.into());
     }
     Ok(row.disk_chain.clone())
@@ -191,28 +215,43 @@ fn publish(
     cap: Captured,
 ) -> Result<SnapshotView, SnapshotError> {
     let memory_path = tmp.join(MEMORY);
+    let state_path = tmp.join(STATE);
     let has_memory = req.snapshot_type.has_memory();
+    let has_state = cap.saved.is_some_and(|s| s.state_file);
+    let backend = AnyBackend::new(row.config.backend);
     if has_memory {
-        let f = std::fs::File::open(&memory_path).map_err(|source| SnapshotError::Io { path: memory_path.clone(), source })?;
-        f.sync_all().map_err(|source| SnapshotError::Io { path: memory_path.clone(), source })?;
+        // The guest runs again by now: shrinking the file costs no pause.
+        let delta = cap.saved.is_some_and(|s| s.delta);
+        if let Err(e) = backend.compact_memory(&memory_path, delta) {
+            tracing::debug!(error = %e, "could not compact the memory file");
+        }
+        for path in [&memory_path, &state_path].into_iter().filter(|p| *p == &memory_path || has_state) {
+            let f = std::fs::File::open(path).map_err(|source| SnapshotError::Io { path: path.clone(), source })?;
+            f.sync_all().map_err(|source| SnapshotError::Io { path: path.clone(), source })?;
+        }
     }
     let sealed = cap.sealed_chain.last().map(|l| engine.layers().path(l)).unwrap_or_default();
-    let size_bytes = allocated_bytes(&sealed) + if has_memory { allocated_bytes(&memory_path) } else { 0 };
-    let parent = match req.snapshot_type {
-        SnapshotType::Diff => previous_snapshot(engine, row)?,
+    let size_bytes = allocated_bytes(&sealed)
+        + if has_memory { allocated_bytes(&memory_path) } else { 0 }
+        + if has_state { allocated_bytes(&state_path) } else { 0 };
+    let parent = match (req.snapshot_type, &cap.memory_base) {
+        (SnapshotType::Diff, Some(base)) => Some(base.clone()),
+        (SnapshotType::Diff, None) => previous_snapshot(engine, row)?,
         _ => None,
     };
-    let vmm_version = AnyBackend::new(row.config.backend).check_installed().unwrap_or_default();
+    let vmm_version = backend.check_installed().unwrap_or_default();
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| SnapshotError::Io { path, source }
     };
     let memory_digest = if has_memory { Some(integrity::digest_file(&memory_path).map_err(io(&memory_path))?) } else { None };
+    let state_digest = if has_state { Some(integrity::digest_file(&state_path).map_err(io(&state_path))?) } else { None };
     let known = super::known_layer_digests(engine)?;
     let layer_digests = integrity::layer_digests(&engine.layers(), &cap.sealed_chain, &known).map_err(io(&sealed))?;
     let m = Manifest {
         format: FORMAT.into(),
-        format_version: FORMAT_VERSION,
+        // Readers of version 1 understand a manifest without these fields.
+        format_version: if has_state || cap.memory_base.is_some() { FORMAT_VERSION } else { 1 },
         snapshot_id: id.into(),
         vm_id: row.name.clone(),
         backend: row.config.backend,
@@ -225,6 +264,9 @@ fn publish(
         memory_file: has_memory.then(|| MEMORY.to_string()),
         memory_digest,
         layer_digests,
+        state_file: has_state.then(|| STATE.to_string()),
+        state_digest,
+        memory_base: cap.memory_base.clone(),
         pause_ms: cap.pause_ms,
         size_bytes,
     };
@@ -234,6 +276,10 @@ fn publish(
     manifest::fsync_dir(&engine.data().snapshots()).map_err(|source| SnapshotError::Io { path: final_dir.clone(), source })?;
     crash_point("snapshot.published");
     index(engine, &m, None)?;
+    if let (true, Some(process)) = (has_memory, row.process) {
+        // The VMM's change tracking now starts from this snapshot.
+        MemoryBase::write(&engine.dir(&row.name), id, process);
+    }
     Ok(super::Loaded { manifest: m, restored: false, restored_vm_id: None, dir: final_dir }.view(engine))
 }
 

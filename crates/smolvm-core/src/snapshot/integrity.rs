@@ -66,6 +66,9 @@ pub fn verify(manifest: &Manifest, dir: &Path, layers: &Layers) -> Vec<ArtifactC
     if let Some(mem) = &manifest.memory_file {
         checks.push(check(&dir.join(mem), manifest.memory_digest.as_ref()));
     }
+    if let Some(state) = &manifest.state_file {
+        checks.push(check(&dir.join(state), manifest.state_digest.as_ref()));
+    }
     for id in &manifest.disk_chain {
         checks.push(check(&layers.path(id), manifest.layer_digests.get(id)));
     }

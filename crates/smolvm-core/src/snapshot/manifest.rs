@@ -23,11 +23,15 @@ use crate::sandbox::SandboxConfig;
 /// Magic value of the `format` field.
 pub const FORMAT: &str = "smolvm-snapshot";
 /// Current manifest version; a newer one is refused, never guessed at.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version 2 adds a separate device-state file and memory deltas; a
+/// manifest that uses neither is still written as version 1.
+pub const FORMAT_VERSION: u32 = 2;
 /// Manifest file name.
 pub const MANIFEST: &str = "manifest.json";
 /// Memory (and device state) file name.
 pub const MEMORY: &str = "memory.bin";
+/// Device state file name, for backends that keep it apart (Firecracker).
+pub const STATE: &str = "vmstate.bin";
 /// Largest manifest we read.
 const MAX_MANIFEST: u64 = 1 << 20;
 
@@ -90,6 +94,18 @@ pub struct Manifest {
     pub memory_digest: Option<Digest>,
     /// Size and hash of every layer of `disk_chain`.
     pub layer_digests: BTreeMap<String, Digest>,
+    /// Device state file name inside the snapshot directory, for backends
+    /// that keep device state apart from memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_file: Option<String>,
+    /// Size and hash of the state file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_digest: Option<Digest>,
+    /// When the memory file is a delta: the snapshot whose memory it
+    /// applies to (restore loads that one's memory with this one's
+    /// changes written over it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_base: Option<String>,
     /// Guest pause window in milliseconds.
     pub pause_ms: u64,
     /// Bytes this snapshot added on disk (memory + its sealed layer).
@@ -127,6 +143,17 @@ impl Manifest {
         }
         if !self.layer_digests.keys().eq(self.disk_chain.iter().collect::<std::collections::BTreeSet<_>>()) {
             return Err("layer_digests does not match disk_chain".into());
+        }
+        match (&self.state_file, &self.state_digest) {
+            (Some(f), Some(_)) if f == STATE && self.snapshot_type.has_memory() => {}
+            (None, None) => {}
+            _ => return Err("state_file does not match the snapshot type".into()),
+        }
+        if let Some(base) = &self.memory_base {
+            names::validate("memory_base", base).map_err(|e| e.to_string())?;
+            if base == &self.snapshot_id || self.memory_file.is_none() {
+                return Err("memory_base names no usable base".into());
+            }
         }
         Ok(())
     }

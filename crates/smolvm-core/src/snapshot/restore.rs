@@ -2,6 +2,7 @@
 //! Everything is validated before the sandbox is touched; a failure after
 //! that leaves the sandbox on its previous, untouched disk chain.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -13,7 +14,7 @@ use crate::backend::{AnyBackend, Backend, LaunchSpec};
 use crate::layers::Layers;
 use crate::paths::create_private_dir;
 use crate::process::ProcessId;
-use crate::sandbox::{crash_point, Engine, Journal, Progress, SandboxStatus};
+use crate::sandbox::{crash_point, Engine, Journal, MemoryBase, Progress, SandboxStatus};
 use crate::store::SandboxRow;
 
 /// A `snapshot restore` request.
@@ -70,9 +71,13 @@ pub fn restore(engine: &Engine, req: &RestoreRequest, progress: &dyn Progress) -
         check_restore_marks(&snap, req, existing.as_ref())?;
     }
     verify_artifacts(engine, &snap)?;
+    let memory = memory_chain(engine, &snap)?;
     let image = engine.images().get(&snap.manifest.vm_config.image).map_err(crate::sandbox::SandboxError::from)?;
     let backend = AnyBackend::new(snap.manifest.backend);
-    backend.check_installed()?;
+    let vmm_version = backend.check_installed()?;
+    let state = snap.manifest.state_file.as_ref().map(|f| snap.dir.join(f));
+    backend.check_restorable(&snap.manifest.vmm_version, state.as_deref())?;
+    let plan = Plan { memory, vmm_version };
 
     // Validation is over: from here on the sandbox changes.
     engine.begin(
@@ -87,7 +92,7 @@ pub fn restore(engine: &Engine, req: &RestoreRequest, progress: &dyn Progress) -
         },
     )?;
     crash_point("restore.journaled");
-    let outcome = restore_journaled(engine, req, &snap, &name, existing, &image, &backend, progress, started);
+    let outcome = restore_journaled(engine, req, &snap, &plan, &name, existing, &image, &backend, progress, started);
     engine.finish(&name);
     outcome
 }
@@ -97,6 +102,7 @@ fn restore_journaled(
     engine: &Engine,
     req: &RestoreRequest,
     snap: &Loaded,
+    plan: &Plan,
     name: &str,
     existing: Option<SandboxRow>,
     image: &crate::image::Image,
@@ -118,6 +124,7 @@ fn restore_journaled(
     let mut chain = snap.manifest.disk_chain.clone();
     chain.push(new_top.clone());
     let mut config = snap.manifest.vm_config.clone();
+    config.vmm_version = Some(plan.vmm_version.clone());
     if new_identity {
         config.mac = crate::sandbox::random_mac();
         config.ports = req.ports.clone();
@@ -134,10 +141,14 @@ fn restore_journaled(
     if existing.is_none() {
         engine.store().insert_sandbox(&new_row)?;
     }
-    let attempt = launch_from(engine, backend, snap, &new_row, image, req.resume, new_identity, progress);
+    let attempt = launch_from(engine, backend, snap, plan, &new_row, image, req.resume, new_identity, progress);
     match attempt {
         Ok((process, status)) => {
             crash_point("restore.launched");
+            if !plan.memory.is_empty() {
+                // Its change tracking starts from this snapshot's memory.
+                MemoryBase::write(&engine.dir(&name), &req.snapshot_id, process);
+            }
             engine.store().set_config(&name, &new_row.config)?;
             engine.store().set_disk_chain(&name, &chain)?;
             engine.store().set_status(&name, status, Some(process))?;
@@ -189,6 +200,47 @@ fn check_restore_marks(snap: &Loaded, req: &RestoreRequest, existing: Option<&Sa
     Ok(())
 }
 
+/// What validation found out, for the launch.
+struct Plan {
+    /// Memory files, a self-contained one first, then the deltas over it
+    /// (empty for `disk` snapshots).
+    memory: Vec<PathBuf>,
+    /// The VMM that will run the sandbox.
+    vmm_version: String,
+}
+
+/// The memory a restore loads: the snapshot's memory file and, when it is
+/// a delta, its bases' down to a self-contained one, each checked against
+/// its manifest.
+fn memory_chain(engine: &Engine, snap: &Loaded) -> Result<Vec<PathBuf>, SnapshotError> {
+    let Some(file) = &snap.manifest.memory_file else { return Ok(Vec::new()) };
+    let mut chain = vec![snap.dir.join(file)];
+    let mut seen = vec![snap.manifest.snapshot_id.clone()];
+    let mut next = snap.manifest.memory_base.clone();
+    while let Some(id) = next {
+        let damaged = |reason: String| SnapshotError::Damaged { id: snap.manifest.snapshot_id.clone(), reason };
+        if seen.contains(&id) || seen.len() > 4096 {
+            return Err(damaged(format!("its memory chain loops at '{id}'")));
+        }
+        let base = load(engine, &id).map_err(|e| damaged(format!("its memory builds on snapshot '{id}', which cannot be read ({e})")))?;
+        let Some(file) = &base.manifest.memory_file else {
+            return Err(damaged(format!("its memory builds on snapshot '{id}', which has no memory")));
+        };
+        let path = base.dir.join(file);
+        let check = super::integrity::verify(&base.manifest, &base.dir, &engine.layers())
+            .into_iter()
+            .find(|c| Path::new(&c.path) == path && c.status != "ok");
+        if let Some(c) = check {
+            return Err(damaged(format!("the memory of its base snapshot '{id}' is {} ({})", c.status.replace('_', " "), c.detail)));
+        }
+        chain.push(path);
+        seen.push(id);
+        next = base.manifest.memory_base.clone();
+    }
+    chain.reverse();
+    Ok(chain)
+}
+
 /// Checks every file the restore will need against the manifest's sizes
 /// and hashes, before anything changes.
 fn verify_artifacts(engine: &Engine, snap: &Loaded) -> Result<(), SnapshotError> {
@@ -209,6 +261,7 @@ fn launch_from(
     engine: &Engine,
     backend: &AnyBackend,
     snap: &Loaded,
+    plan: &Plan,
     row: &SandboxRow,
     image: &crate::image::Image,
     resume: bool,
@@ -219,9 +272,11 @@ fn launch_from(
     create_private_dir(&dir).map_err(|source| SnapshotError::Io { path: dir.clone(), source })?;
     let top_id = row.disk_chain.last().cloned().unwrap_or_default();
     let sealed = &snap.manifest.disk_chain[snap.manifest.disk_chain.len() - 1];
-    let top = engine.layers().path(&top_id);
+    let top = engine.layers_for(snap.manifest.backend).path(&top_id);
     backend.branch_disk(&engine.layers().path(sealed), &top)?;
     let memory = snap.manifest.memory_file.as_ref().map(|f| snap.dir.join(f));
+    let state = snap.manifest.state_file.as_ref().map(|f| snap.dir.join(f));
+    let has_agent = image.ready.has_agent();
     let has_memory = snap.manifest.snapshot_type != SnapshotType::Disk;
     let spec = LaunchSpec {
         name: &row.name,
@@ -234,11 +289,16 @@ fn launch_from(
         incoming: memory.as_deref(),
     };
     progress.step("Starting the VMM");
+    let console_from = crate::sandbox::console_offset(&dir);
     let process = backend.launch(&spec)?;
     let result = (|| {
-        if let Some(mem) = &memory {
+        if memory.is_some() {
             progress.step("Loading memory");
-            backend.load_memory(&dir, mem, Duration::from_secs(30 + u64::from(row.config.memory_mib) / 16))?;
+            let chain: Vec<&Path> = plan.memory.iter().map(PathBuf::as_path).collect();
+            // Resumed at once when nothing needs doing in between.
+            let resume_now = resume && !new_identity;
+            let timeout = Duration::from_secs(30 + u64::from(row.config.memory_mib) / 16);
+            backend.load_memory(&dir, &chain, state.as_deref(), resume_now, timeout)?;
         }
         // A new identity is set through the agent, so the guest runs at
         // least briefly even when it is to be left paused.
@@ -247,14 +307,14 @@ fn launch_from(
         }
         backend.resume(&dir)?;
         if has_memory {
-            progress.step("Setting the guest clock");
-            engine.refresh_guest(&row.name, backend)?;
+            if has_agent {
+                progress.step("Setting the guest clock");
+                engine.refresh_guest(&row.name, backend)?;
+            }
         } else {
-            progress.step("Waiting for the guest agent");
-            let ready = agent::wait_ready(&backend.agent_endpoint(&dir), Duration::from_secs(60), || Ok::<(), SnapshotError>(()))?;
-            ready?;
+            crate::sandbox::wait_guest_ready(&row.name, &dir, image, backend, &process, console_from, Duration::from_secs(60), progress)?;
         }
-        if new_identity {
+        if new_identity && has_agent {
             // A copy must not look like its source: own hostname and machine-id.
             let mut session = agent::connect(&backend.agent_endpoint(&dir), Duration::from_secs(10))?;
             session.set_identity(&crate::sandbox::hostname_for(&row.name), &crate::sandbox::random_machine_id())?;

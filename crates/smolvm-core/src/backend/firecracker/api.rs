@@ -13,8 +13,7 @@
 //! drive it with in-memory streams. Nothing here prints.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -97,6 +96,7 @@ pub enum ApiError {
 
 impl ApiError {
     /// True when the error is a timeout (the call may still complete).
+    #[cfg(test)]
     pub fn is_timeout(&self) -> bool {
         matches!(self, ApiError::Io { source, .. } if matches!(source.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut))
     }
@@ -113,6 +113,7 @@ pub struct Response {
 
 impl Response {
     /// The body parsed as JSON.
+    #[cfg(test)]
     pub fn json(&self) -> Option<serde_json::Value> {
         serde_json::from_slice(&self.body).ok()
     }
@@ -128,11 +129,6 @@ impl Client {
     /// A client for the socket at `socket`.
     pub fn new(socket: impl Into<PathBuf>) -> Self {
         Client { socket: socket.into() }
-    }
-
-    /// The socket path.
-    pub fn socket(&self) -> &Path {
-        &self.socket
     }
 
     /// Sends one request; `timeout` bounds each read and write.
@@ -277,6 +273,8 @@ fn read_chunked<R: BufRead>(reader: &mut R) -> io::Result<Vec<u8>> {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::net::UnixStream;
+
     use super::*;
 
     /// An in-memory peer: reads come from `input`, writes go to `output`.
@@ -297,7 +295,7 @@ mod tests {
         }
     }
 
-    impl Write for &mut Scripted {
+    impl Write for Scripted {
         fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
             self.output.extend_from_slice(buf);
             Ok(buf.len())
@@ -307,11 +305,6 @@ mod tests {
         }
     }
 
-    impl Read for &mut Scripted {
-        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            self.input.read(buf)
-        }
-    }
 
     #[test]
     fn request_has_content_length_and_body() {

@@ -188,8 +188,6 @@ pub(crate) mod tests {
 
     use serde_json::Value;
 
-    use super::*;
-
     /// Our record of Firecracker's API definition.
     pub(crate) fn fixture() -> Value {
         serde_json::from_str(include_str!("api_fields.json")).expect("api_fields.json is valid JSON")

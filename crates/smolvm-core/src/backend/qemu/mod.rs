@@ -21,7 +21,7 @@ use smolvm_qmp::Qmp;
 pub use cmdline::GUEST_IP;
 pub use disk::QemuImg;
 
-use super::{find_program, log_tail, Backend, BackendError, BackendKind, LaunchSpec};
+use super::{find_program, log_tail, Backend, BackendError, BackendKind, LaunchSpec, MemoryFiles, SavedMemory};
 use crate::agent::{connect_unix, AgentEndpoint};
 use crate::image::Image;
 use crate::process::ProcessId;
@@ -172,12 +172,22 @@ impl Backend for QemuBackend {
         self.seal_disk_impl(dir, top_id, new_top, new_top_id)
     }
 
-    fn save_memory(&self, dir: &Path, dest: &Path, timeout: Duration) -> Result<(), BackendError> {
-        self.save_memory_impl(dir, dest, timeout)
+    fn save_memory(&self, dir: &Path, dest: &MemoryFiles<'_>, _want_delta: bool, timeout: Duration) -> Result<SavedMemory, BackendError> {
+        // Device state travels inside the migration stream; a diff is a
+        // whole memory image chained to its parent.
+        self.save_memory_impl(dir, dest.memory, timeout)?;
+        Ok(SavedMemory { delta: false, state_file: false })
     }
 
-    fn load_memory(&self, dir: &Path, src: &Path, timeout: Duration) -> Result<(), BackendError> {
-        self.load_memory_impl(dir, src, timeout)
+    fn load_memory(&self, dir: &Path, chain: &[&Path], _state: Option<&Path>, resume: bool, timeout: Duration) -> Result<(), BackendError> {
+        let [src] = chain else {
+            return Err(BackendError::Unsupported("QEMU loads one self-contained memory file".into()));
+        };
+        self.load_memory_impl(dir, src, timeout)?;
+        if resume {
+            self.resume(dir)?;
+        }
+        Ok(())
     }
 
     fn branch_disk(&self, parent: &Path, dest: &Path) -> Result<(), BackendError> {
@@ -186,6 +196,10 @@ impl Backend for QemuBackend {
 
     fn settle(&self, dir: &Path, resume: bool) -> Result<Option<String>, BackendError> {
         self.settle_impl(dir, resume)
+    }
+
+    fn guest_ip(&self, _dir: &Path, config: &crate::sandbox::SandboxConfig) -> Option<String> {
+        (config.network == crate::sandbox::NetworkMode::User).then(|| GUEST_IP.to_string())
     }
 
     fn agent_endpoint(&self, dir: &Path) -> AgentEndpoint {
