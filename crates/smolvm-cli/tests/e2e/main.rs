@@ -12,3 +12,4 @@ mod fork;
 mod crash;
 mod doctor;
 mod stress;
+mod diskfull;
