@@ -6,6 +6,13 @@ cd "$(dirname "$0")/.."
 bash scripts/setup-host.sh
 bash scripts/build.sh
 SMOLVM=target/release/smolvm
+# Put `smolvm` on PATH (it finds its static guest agent through the link).
+if [ -w /usr/local/bin ]; then
+  ln -sf "$PWD/target/release/smolvm" /usr/local/bin/smolvm
+  echo "installed: /usr/local/bin/smolvm -> $PWD/target/release/smolvm" >&2
+else
+  echo "note: add $PWD/target/release to PATH to run 'smolvm' directly" >&2
+fi
 base=${SMOLVM_DEMO_BASE:-debian}
 if ! "$SMOLVM" image list --json | grep -q '"name": "default"'; then
   echo "== building the default image (base: $base) ==" >&2
