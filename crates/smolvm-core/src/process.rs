@@ -86,12 +86,13 @@ mod tests {
 
     #[test]
     fn identity_tracks_a_real_child_until_it_is_killed() {
-        let child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
         let id = ProcessId::of(child.id() as i32).unwrap();
         assert!(id.is_alive());
         let reused = ProcessId { start_time: id.start_time + 1, ..id };
         assert!(!reused.is_alive(), "a different start time is another process");
         assert!(id.terminate(Duration::from_secs(2)));
         assert!(!id.is_alive());
+        let _ = child.wait();
     }
 }

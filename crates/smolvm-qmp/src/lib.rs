@@ -65,12 +65,15 @@ pub enum QmpError {
     },
 }
 
+/// Applies a read timeout to a stream (UnixStream::set_read_timeout).
+type SetTimeout<S> = Box<dyn Fn(&S, Option<Duration>) -> io::Result<()> + Send>;
+
 /// A QMP connection.
 pub struct Qmp<S: Read + Write> {
     reader: BufReader<S>,
     events: VecDeque<Value>,
     timeout: Duration,
-    set_timeout: Box<dyn Fn(&S, Option<Duration>) -> io::Result<()> + Send>,
+    set_timeout: SetTimeout<S>,
 }
 
 impl Qmp<UnixStream> {
