@@ -61,3 +61,38 @@ fn duplicate_create_leaves_the_first_sandbox_intact() {
     let (v, _) = env.json(&["sandbox", "info", "dup"]);
     assert_eq!(v["data"]["vm"]["status"], "running");
 }
+
+#[test]
+fn image_delete_is_refused_while_a_sandbox_or_snapshot_uses_it() {
+    let env = Env::new();
+    let images = env.data.path().join("own-images");
+    let run = |args: &[&str]| {
+        let mut all: Vec<&str> = args.to_vec();
+        all.push("--json");
+        let out = env.command(&all).env("SMOLVM_IMAGE_DIR", &images).output().unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        (v, out.status.code().unwrap())
+    };
+    let mut build = env.command(&["image", "build", "--name", "mine", "--base", "tiny"]);
+    build.env("SMOLVM_IMAGE_DIR", &images);
+    if let Ok(agent) = std::env::var("SMOLVM_TEST_AGENT_BIN") {
+        build.env("SMOLVM_AGENT_BIN", agent);
+    }
+    assert!(build.status().unwrap().success());
+    let (v, code) = run(&["sandbox", "create", "--name", "user", "--image", "mine"]);
+    assert_eq!(code, 0, "{v}");
+    let (v, code) = run(&["sandbox", "snapshot", "create", "user", "--snapshot-id", "keep", "--resume-source"]);
+    assert_eq!(code, 0, "{v}");
+    let (v, code) = run(&["image", "delete", "mine"]);
+    assert_eq!((code, v["error"]["code"].as_str()), (1, Some("refused")), "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("user"), "{v}");
+    run(&["sandbox", "delete", "user"]);
+    let (v, code) = run(&["image", "delete", "mine"]);
+    assert_eq!(code, 1, "the snapshot still needs it: {v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("keep"), "{v}");
+    run(&["sandbox", "snapshot", "delete", "keep"]);
+    let (v, code) = run(&["image", "delete", "mine"]);
+    assert_eq!(code, 0, "{v}");
+    let (v, _) = run(&["image", "list"]);
+    assert_eq!(v["data"]["images"].as_array().unwrap().len(), 0);
+}
