@@ -48,16 +48,20 @@ pub enum LockError {
     },
 }
 
-/// Takes an exclusive lock on `path`, waiting up to `wait`.
-pub fn lock_exclusive(path: &Path, what: &str, wait: Duration) -> Result<LockGuard, LockError> {
-    let file = OpenOptions::new()
+/// Opens (creating) a lock file, never through a symlink.
+fn open_lock_file(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
-        .map_err(|source| LockError::Io { path: path.to_path_buf(), source })?;
+}
+
+/// Takes an exclusive lock on `path`, waiting up to `wait`.
+pub fn lock_exclusive(path: &Path, what: &str, wait: Duration) -> Result<LockGuard, LockError> {
+    let file = open_lock_file(path).map_err(|source| LockError::Io { path: path.to_path_buf(), source })?;
     let start = Instant::now();
     let mut delay = Duration::from_millis(5);
     loop {
@@ -76,13 +80,7 @@ pub fn lock_exclusive(path: &Path, what: &str, wait: Duration) -> Result<LockGua
 
 /// Tries once to take an exclusive lock; `Ok(None)` when someone holds it.
 pub fn try_lock_exclusive(path: &Path) -> io::Result<Option<LockGuard>> {
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)?;
+    let file = open_lock_file(path)?;
     match flock(&file, FlockOperation::NonBlockingLockExclusive) {
         Ok(()) => Ok(Some(LockGuard { _file: file, path: path.to_path_buf() })),
         Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
