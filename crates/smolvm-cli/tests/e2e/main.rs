@@ -13,3 +13,5 @@ mod crash;
 mod doctor;
 mod stress;
 mod diskfull;
+mod counter_guest;
+mod firecracker;

@@ -98,7 +98,7 @@ impl Loaded {
             restored_vm_id: self.restored_vm_id.clone(),
             created_at: m.created_at.clone(),
             artifacts: Artifacts {
-                state_path: None,
+                state_path: m.state_file.as_ref().map(|f| self.dir.join(f)),
                 memory_path: m.memory_file.as_ref().map(|f| self.dir.join(f)),
                 disk_path: top,
             },
@@ -252,7 +252,7 @@ pub fn delete(engine: &Engine, id: &str) -> Result<SnapshotView, SnapshotError> 
     };
     let view = loaded.as_ref().map(|l| l.view(engine));
     if let Some(l) = &loaded {
-        fold_children(engine, id, l.manifest.parent.as_deref())?;
+        fold_children(engine, l)?;
     }
     if let Some(dir) = dir {
         // Rename first: the snapshot disappears atomically, then is removed.
@@ -268,17 +268,49 @@ pub fn delete(engine: &Engine, id: &str) -> Result<SnapshotView, SnapshotError> 
     view.ok_or_else(|| SnapshotError::Unreadable { id: id.into(), reason: "it was damaged; its files were removed".into() })
 }
 
-/// Re-points the diff children of `id` at `id`'s own parent.
-fn fold_children(engine: &Engine, id: &str, new_parent: Option<&str>) -> Result<(), SnapshotError> {
+/// Re-points the diff children of `gone` at its own parent. A child whose
+/// memory is a delta over `gone`'s gets `gone`'s memory merged into it, so
+/// it becomes a delta over `gone`'s own base (or self-contained).
+fn fold_children(engine: &Engine, gone: &Loaded) -> Result<(), SnapshotError> {
+    let id = gone.manifest.snapshot_id.as_str();
     for child in engine.store().snapshot_children(id)? {
         let Some(dir) = snapshot_dir(engine, &child)? else { continue };
         let Ok(mut m) = manifest::read(&dir, &child) else { continue };
-        m.parent = new_parent.map(str::to_string);
+        m.parent = gone.manifest.parent.clone();
+        if m.memory_base.as_deref() == Some(id) {
+            fold_memory(gone, &dir, &mut m)?;
+        }
         manifest::write(&dir, &m)?;
         let restored = engine.store().get_snapshot(&child)?.and_then(|r| r.restored_vm_id);
         engine.store().delete_snapshot(&child)?;
         index(engine, &m, restored)?;
     }
+    Ok(())
+}
+
+/// Writes `gone`'s memory with `child`'s changes over it as the child's
+/// new memory file (merged and verified by the backend).
+fn fold_memory(gone: &Loaded, dir: &Path, child: &mut Manifest) -> Result<(), SnapshotError> {
+    let (Some(base_file), Some(own_file)) = (&gone.manifest.memory_file, &child.memory_file) else {
+        return Err(SnapshotError::Refused(format!(
+            "Snapshot '{}' holds memory that diff snapshot '{}' builds on, and it cannot be merged; delete '{}' first",
+            gone.manifest.snapshot_id, child.snapshot_id, child.snapshot_id
+        )));
+    };
+    let own = dir.join(own_file);
+    let merged = dir.join(format!(".{own_file}.merge"));
+    let _ = std::fs::remove_file(&merged);
+    let backend = crate::backend::AnyBackend::new(child.backend);
+    use crate::backend::Backend;
+    backend.merge_memory(&[&gone.dir.join(base_file), &own], &merged)?;
+    let io = |source| SnapshotError::Io { path: merged.clone(), source };
+    let digest = integrity::digest_file(&merged).map_err(io)?;
+    let added = allocated_bytes(&merged).saturating_sub(allocated_bytes(&own));
+    std::fs::rename(&merged, &own).map_err(io)?;
+    manifest::fsync_dir(dir).map_err(io)?;
+    child.memory_digest = Some(digest);
+    child.memory_base = gone.manifest.memory_base.clone();
+    child.size_bytes += added;
     Ok(())
 }
 

@@ -89,6 +89,9 @@ struct LaunchRecord {
     tap: Option<String>,
     /// Guest memory, for scaling timeouts.
     memory_mib: u32,
+    /// The guest is one of our Linux images (it runs the smolvm agent), so
+    /// it answers Ctrl-Alt-Del by resetting, which ends Firecracker.
+    linux_guest: bool,
 }
 
 /// The Firecracker backend.
@@ -369,7 +372,11 @@ impl Backend for FirecrackerBackend {
             }
             NetworkMode::None => None,
         };
-        let record = LaunchRecord { tap: tap.as_ref().map(|t| t.name.clone()), memory_mib: spec.config.memory_mib };
+        let record = LaunchRecord {
+            tap: tap.as_ref().map(|t| t.name.clone()),
+            memory_mib: spec.config.memory_mib,
+            linux_guest: spec.image.ready.has_agent(),
+        };
         let mut guard = LaunchGuard { backend: self, dir: spec.dir, child: None };
         let record_path = spec.dir.join(LAUNCH_RECORD);
         std::fs::write(&record_path, serde_json::to_vec(&record).unwrap_or_default()).map_err(io_error(&record_path))?;
@@ -423,12 +430,18 @@ impl Backend for FirecrackerBackend {
 
     fn kill(&self, dir: &Path, process: &ProcessId, grace: Duration) -> Result<(), BackendError> {
         if process.is_alive() {
-            // Firecracker has no quit call: an x86 guest asked to reboot
+            // Firecracker has no quit call: a Linux guest asked to reboot
             // resets, and Firecracker then exits by itself. A guest that
-            // ignores it (or is paused) is ended with SIGTERM, then SIGKILL.
-            let asked = Self::client(dir)
-                .put("/actions", &InstanceActionInfo { action_type: ActionType::SendCtrlAltDel }, Duration::from_secs(1))
-                .is_ok();
+            // ignores it (or is paused) is ended with SIGTERM, then SIGKILL;
+            // one not known to react gets no grace time.
+            let grace = match Self::read_record(dir) {
+                Some(r) if r.linux_guest => grace,
+                _ => Duration::ZERO,
+            };
+            let asked = !grace.is_zero()
+                && Self::client(dir)
+                    .put("/actions", &InstanceActionInfo { action_type: ActionType::SendCtrlAltDel }, Duration::from_secs(1))
+                    .is_ok();
             if !(asked && process.wait_gone(grace)) {
                 process.terminate(Duration::from_secs(2));
             }
