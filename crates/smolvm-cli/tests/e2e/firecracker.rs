@@ -290,3 +290,64 @@ fn firecracker_refuses_what_it_cannot_run() {
     assert_ne!(code, 0, "{v}");
     assert!(fc.firecracker_pids().is_empty());
 }
+
+#[test]
+fn counter_guest_on_a_tap_network_keeps_its_own_tap_across_restores() {
+    let Some(bin) = firecracker() else { return };
+    if !rustix::process::geteuid().is_root() {
+        skipped("tap devices need root");
+        return;
+    }
+    let fc = Fc::new(bin);
+    let v = fc.ok(&["sandbox", "create", "--name", "net", "--memory", "128", "--network", "user"]);
+    assert_eq!(v["ok"], true);
+    let info = fc.ok(&["sandbox", "info", "net"]);
+    let ip = info["data"]["vm"]["ip_address"].as_str().unwrap().to_string();
+    let record: Value = serde_json::from_slice(&std::fs::read(fc.env.sandbox_dir("net").join("firecracker.json")).unwrap()).unwrap();
+    let tap = record["tap"].as_str().unwrap().to_string();
+    assert!(tap.len() <= 15, "{tap}");
+    let tap_dir = Path::new("/sys/class/net").join(&tap);
+    assert!(tap_dir.exists(), "tap {tap} exists while the sandbox runs");
+    let at = fc.pause("net");
+    fc.ok(&["sandbox", "snapshot", "create", "net", "--snapshot-id", "n1"]);
+    // The restored guest gets its own sandbox's tap again (network_overrides).
+    fc.restore_continues("n1", "net", at, &[]);
+    assert!(tap_dir.exists());
+    assert_eq!(fc.ok(&["sandbox", "info", "net"])["data"]["vm"]["ip_address"], ip.as_str());
+    fc.ok(&["sandbox", "stop", "net"]);
+    assert!(!tap_dir.exists(), "stop removes the tap");
+    fc.ok(&["sandbox", "start", "net"]);
+    assert!(tap_dir.exists());
+    fc.ok(&["sandbox", "delete", "net"]);
+    assert!(!tap_dir.exists(), "delete removes the tap");
+}
+
+#[test]
+fn a_snapshot_this_firecracker_cannot_load_is_refused_before_anything_changes() {
+    let Some(bin) = firecracker() else { return };
+    let fc = Fc::new(bin.clone());
+    fc.ok(&["sandbox", "create", "--name", "v", "--memory", "128", "--network", "none"]);
+    fc.wait_counts("v", 0, 2);
+    fc.ok(&["sandbox", "snapshot", "create", "v", "--snapshot-id", "v1", "--resume-source"]);
+    // The same binary, claiming a snapshot format from the future.
+    let wrapper = fc.env.data.path().join("firecracker-next");
+    std::fs::write(
+        &wrapper,
+        format!("#!/bin/sh\n[ \"$1\" = --snapshot-version ] && {{ echo v99.0.0; exit 0; }}\n[ \"$1\" = --version ] && {{ echo 'Firecracker v9.9.9'; exit 0; }}\nexec '{}' \"$@\"\n", bin.display()),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = fc.command(&["sandbox", "snapshot", "restore", "v1", "--json"]).env("SMOLVM_FIRECRACKER_BIN", &wrapper).output().unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["error"]["code"], "refused", "{v}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("cannot load") && msg.contains("snapshot format v10"), "{msg}");
+    // Nothing changed: the sandbox still runs its guest.
+    assert_eq!(fc.ok(&["sandbox", "info", "v"])["data"]["vm"]["status"], "running");
+    let from = fc.offset("v");
+    fc.wait_counts("v", from, 2);
+    let manifest: Value = serde_json::from_slice(&std::fs::read(fc.env.data.path().join("snapshots/v1/manifest.json")).unwrap()).unwrap();
+    assert!(manifest["vmm_version"].as_str().unwrap().starts_with("Firecracker v"), "{manifest}");
+    fc.ok(&["sandbox", "delete", "v"]);
+}

@@ -652,6 +652,57 @@ mod tests {
         assert!(check_request("GET", "/version", None).is_empty());
     }
 
+    /// Against a real Firecracker (SMOLVM_FIRECRACKER_BIN): its faults
+    /// reach us with its own fault_message, and it rejects unknown fields.
+    #[test]
+    fn real_firecracker_faults_carry_its_fault_message() {
+        let Some(bin) = std::env::var_os("SMOLVM_FIRECRACKER_BIN").map(PathBuf::from).filter(|p| p.is_file()) else {
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "SKIPPED: set SMOLVM_FIRECRACKER_BIN to check faults against a real firecracker");
+            return;
+        };
+        let t = tempfile::tempdir().unwrap();
+        let mut child = Command::new(&bin)
+            .args(["--api-sock", API_SOCKET, "--level", "Off"])
+            .current_dir(t.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let result = std::panic::catch_unwind(|| {
+            let client = Client::new(t.path().join(API_SOCKET));
+            assert!(wait(|| client.get("/version", Duration::from_secs(1)).is_ok()));
+            let bad = serde_json::json!({ "vcpu_count": 0, "mem_size_mib": 128 });
+            match client.put("/machine-config", &bad, API_TIMEOUT) {
+                Err(api::ApiError::Fault { status: 400, fault_message, .. }) => assert!(!fault_message.is_empty()),
+                other => panic!("{other:?}"),
+            }
+            let unknown = serde_json::json!({ "vcpu_count": 1, "mem_size_mib": 128, "dirty_tracking": true });
+            let e = client.put("/machine-config", &unknown, API_TIMEOUT).unwrap_err();
+            assert!(e.to_string().contains("dirty_tracking"), "{e}");
+            // What the backend reports carries it too.
+            let e = api_error("writing the snapshot", client.put("/snapshot/create", &serde_json::json!({}), API_TIMEOUT).unwrap_err());
+            let chain = format!("{e}: {}", std::error::Error::source(&e).unwrap());
+            assert!(chain.starts_with("Firecracker failed while writing the snapshot: Firecracker refused PUT /snapshot/create"), "{chain}");
+        });
+        let _ = child.kill();
+        let _ = child.wait();
+        if let Err(p) = result {
+            std::panic::resume_unwind(p);
+        }
+    }
+
+    fn wait(mut f: impl FnMut() -> bool) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if f() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+
     #[test]
     fn configs_firecracker_cannot_run_are_refused() {
         let fc = FirecrackerBackend { program: "firecracker".into() };

@@ -51,7 +51,7 @@ impl TapPlan {
     pub fn create(&self) -> io::Result<()> {
         if self.exists() {
             // Left over by a VMM that died: start clean.
-            let _ = self.delete();
+            self.delete()?;
         }
         let tun = attach(&self.name)?;
         // SAFETY: TUNSETPERSIST takes an integer argument, no pointer.
@@ -66,8 +66,22 @@ impl TapPlan {
         Ok(())
     }
 
-    /// Removes the tap (no-op when it does not exist).
+    /// Removes the tap (no-op when it does not exist). A Firecracker that
+    /// was just killed may hold it for a moment longer (its threads exit
+    /// after the main one), so a busy tap is retried for a while.
     pub fn delete(&self) -> io::Result<()> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        loop {
+            match self.delete_once() {
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn delete_once(&self) -> io::Result<()> {
         if !self.exists() {
             return Ok(());
         }
