@@ -71,29 +71,51 @@ impl std::ops::Deref for Bench {
 
 impl Bench {
     /// Prepares `root`: copies the binaries in, opens the engine.
-    pub fn prepare(root: PathBuf, smolvm: &Path, agent: Option<&Path>, accel: String, started: Instant) -> Result<Bench> {
+    pub fn prepare(
+        root: PathBuf,
+        smolvm: &Path,
+        agent: Option<&Path>,
+        accel: String,
+        started: Instant,
+    ) -> Result<Bench> {
         let bin = root.join("bin");
         std::fs::create_dir_all(&bin).with_context(|| format!("creating {}", bin.display()))?;
         let data = root.join("data");
         let own = bin.join("smolvm");
         std::fs::copy(smolvm, &own).with_context(|| format!("copying {}", smolvm.display()))?;
         if let Some(agent) = agent {
-            std::fs::copy(agent, bin.join("smolvm-agent")).with_context(|| format!("copying {}", agent.display()))?;
+            std::fs::copy(agent, bin.join("smolvm-agent"))
+                .with_context(|| format!("copying {}", agent.display()))?;
         }
-        let dir = DataDir::open(data.clone()).with_context(|| format!("opening data dir {}", data.display()))?;
+        let dir = DataDir::open(data.clone())
+            .with_context(|| format!("opening data dir {}", data.display()))?;
         let engine = Engine::open(dir).map_err(|e| anyhow!("opening the engine: {e}"))?;
-        Ok(Bench { cli: Cli { root, data, smolvm: own, accel, image: "tiny".into(), started }, engine })
+        Ok(Bench {
+            cli: Cli {
+                root,
+                data,
+                smolvm: own,
+                accel,
+                image: "tiny".into(),
+                started,
+            },
+            engine,
+        })
     }
 
     /// The VMM pid of a sandbox.
     pub fn vmm_pid(&self, name: &str) -> Result<i32> {
         let row = self.engine.get(name).map_err(|e| anyhow!("{e}"))?;
-        row.process.map(|p| p.pid).ok_or_else(|| anyhow!("sandbox {name} has no VMM process"))
+        row.process
+            .map(|p| p.pid)
+            .ok_or_else(|| anyhow!("sandbox {name} has no VMM process"))
     }
 
     /// An agent session with a running sandbox (library).
     pub fn session(&self, name: &str) -> Result<AgentSession> {
-        self.engine.session(name, false, Duration::from_secs(60), &Quiet).map_err(|e| anyhow!("agent session with {name}: {e}"))
+        self.engine
+            .session(name, false, Duration::from_secs(60), &Quiet)
+            .map_err(|e| anyhow!("agent session with {name}: {e}"))
     }
 
     /// Runs a shell script in the guest through the library; fails on a
@@ -105,14 +127,21 @@ impl Bench {
 
     /// Stops every sandbox and removes the private root.
     pub fn cleanup(&self, keep: bool) {
+        let t = Instant::now();
         if let Ok(rows) = self.engine.store().list_sandboxes() {
             for row in rows {
                 let _ = self.engine.delete(&row.name);
             }
         }
+        let stopped = t.elapsed();
         if !keep {
             let _ = std::fs::remove_dir_all(&self.root);
         }
+        self.say(&format!(
+            "cleanup: sandboxes stopped in {:.1}s, files removed in {:.1}s",
+            stopped.as_secs_f64(),
+            (t.elapsed() - stopped).as_secs_f64()
+        ));
     }
 }
 
@@ -140,7 +169,10 @@ impl Cli {
     /// Runs `smolvm args...` and captures its output.
     pub fn cli(&self, args: &[&str]) -> Result<CliRun> {
         let t = Instant::now();
-        let out = self.command(args).output().with_context(|| format!("running smolvm {}", args.join(" ")))?;
+        let out = self
+            .command(args)
+            .output()
+            .with_context(|| format!("running smolvm {}", args.join(" ")))?;
         Ok(CliRun {
             code: out.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -154,10 +186,20 @@ impl Cli {
         let mut all: Vec<&str> = args.to_vec();
         all.push("--json");
         let run = self.cli(&all)?;
-        let v: serde_json::Value = serde_json::from_str(&run.stdout)
-            .with_context(|| format!("smolvm {}: not JSON: {} {}", args.join(" "), run.stdout, run.stderr))?;
+        let v: serde_json::Value = serde_json::from_str(&run.stdout).with_context(|| {
+            format!(
+                "smolvm {}: not JSON: {} {}",
+                args.join(" "),
+                run.stdout,
+                run.stderr
+            )
+        })?;
         if v["ok"] != true {
-            bail!("smolvm {} failed: {}", args.join(" "), v["error"]["message"].as_str().unwrap_or(&run.stdout));
+            bail!(
+                "smolvm {} failed: {}",
+                args.join(" "),
+                v["error"]["message"].as_str().unwrap_or(&run.stdout)
+            );
         }
         Ok((v["data"].clone(), run.elapsed))
     }
@@ -172,7 +214,11 @@ impl Cli {
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                bail!("smolvm sandbox exec {name} -- true failed ({}): {}", run.code, run.stderr.trim());
+                bail!(
+                    "smolvm sandbox exec {name} -- true failed ({}): {}",
+                    run.code,
+                    run.stderr.trim()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -186,18 +232,29 @@ impl Cli {
         let mem = memory_mib.to_string();
         let disk = disk_mib.to_string();
         self.cli_json(&[
-            "sandbox", "create", "--name", name, "--image", &self.image, "--memory", &mem, "--disk-size", &disk, "--accel", &self.accel,
+            "sandbox",
+            "create",
+            "--name",
+            name,
+            "--image",
+            &self.image,
+            "--memory",
+            &mem,
+            "--disk-size",
+            &disk,
+            "--accel",
+            &self.accel,
         ])?;
         self.exec_true_cli(name, Duration::from_secs(60))?;
         Ok(t.elapsed().as_secs_f64() * 1000.0)
     }
-
 }
 
 /// Runs `script` with `/bin/sh -c` over an open session.
 pub fn sh_in(session: &mut AgentSession, script: &str) -> Result<String> {
-    let req: smolvm_proto::ExecRequest =
-        serde_json::from_value(serde_json::json!({ "argv": [script], "shell": true, "timeout_ms": 300_000u64 }))?;
+    let req: smolvm_proto::ExecRequest = serde_json::from_value(
+        serde_json::json!({ "argv": [script], "shell": true, "timeout_ms": 300_000u64 }),
+    )?;
     let mut out = Vec::new();
     let mut err = Vec::new();
     let outcome = session
@@ -210,15 +267,22 @@ pub fn sh_in(session: &mut AgentSession, script: &str) -> Result<String> {
         })
         .map_err(|e| anyhow!("guest exec: {e}"))?;
     if outcome.exit_code != 0 {
-        bail!("guest script exited {}: {}\nscript: {script}", outcome.exit_code, String::from_utf8_lossy(&err).trim());
+        bail!(
+            "guest script exited {}: {}\nscript: {script}",
+            outcome.exit_code,
+            String::from_utf8_lossy(&err).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out).into_owned())
 }
 
 /// Runs `true` over an open session (the agent round trip).
 pub fn exec_true_in(session: &mut AgentSession) -> Result<()> {
-    let req: smolvm_proto::ExecRequest = serde_json::from_value(serde_json::json!({ "argv": ["true"] }))?;
-    let outcome = session.exec(req, None, &mut |_, _| Ok(())).map_err(|e| anyhow!("guest exec: {e}"))?;
+    let req: smolvm_proto::ExecRequest =
+        serde_json::from_value(serde_json::json!({ "argv": ["true"] }))?;
+    let outcome = session
+        .exec(req, None, &mut |_, _| Ok(()))
+        .map_err(|e| anyhow!("guest exec: {e}"))?;
     if outcome.exit_code != 0 {
         bail!("true exited {}", outcome.exit_code);
     }

@@ -19,10 +19,15 @@ pub struct CreateSample {
     pub pause_ms: f64,
     /// Bytes written to storage while it ran (VMM + this process and its children).
     pub bytes_written: f64,
+    /// The VMM's part of `bytes_written`.
+    pub vmm_bytes: f64,
     /// Allocated bytes the snapshot holds.
     pub size_on_disk: f64,
     /// Bytes a restore must read back (memory file, allocated).
     pub restore_bytes: f64,
+    /// A `sync` right after it returned: writing back what it left dirty
+    /// in the page cache (ms; set by the caller).
+    pub sync_after_ms: f64,
 }
 
 /// Parses a type name.
@@ -37,7 +42,7 @@ pub fn snapshot_type(name: &str) -> SnapshotType {
 /// `snapshot create NAME --snapshot-id ID --snapshot-type TY --resume-source`.
 pub fn create(b: &Bench, name: &str, id: &str, ty: &str) -> Result<CreateSample> {
     let vmm = b.vmm_pid(name)?.to_string();
-    let before = sys::write_bytes(&vmm) + sys::write_bytes("self");
+    let (vmm0, own0) = (sys::write_bytes(&vmm), sys::write_bytes("self"));
     let req = CreateRequest {
         sandbox: name.to_string(),
         snapshot_id: Some(id.to_string()),
@@ -46,18 +51,27 @@ pub fn create(b: &Bench, name: &str, id: &str, ty: &str) -> Result<CreateSample>
         flush_policy: FlushPolicy::Required,
     };
     let t = Instant::now();
-    let view = snapshot::create(&b.engine, &req, &Quiet).map_err(|e| anyhow!("snapshot create {id}: {e}"))?;
+    let view = snapshot::create(&b.engine, &req, &Quiet)
+        .map_err(|e| anyhow!("snapshot create {id}: {e}"))?;
     let wall = t.elapsed();
-    let after = sys::write_bytes(&vmm) + sys::write_bytes("self");
+    let vmm_bytes = sys::write_bytes(&vmm).saturating_sub(vmm0);
+    let own_bytes = sys::write_bytes("self").saturating_sub(own0);
     let dir = b.engine.data().snapshot(id);
-    let memory = view.artifacts.memory_path.as_deref().map(sys::allocated).unwrap_or(0);
+    let memory = view
+        .artifacts
+        .memory_path
+        .as_deref()
+        .map(sys::allocated)
+        .unwrap_or(0);
     let size = sys::allocated_tree(&dir) + sys::allocated(&view.artifacts.disk_path);
     Ok(CreateSample {
         wall_ms: wall.as_secs_f64() * 1000.0,
         pause_ms: view.pause_ms as f64,
-        bytes_written: after.saturating_sub(before) as f64,
+        bytes_written: (vmm_bytes + own_bytes) as f64,
+        vmm_bytes: vmm_bytes as f64,
         size_on_disk: size as f64,
         restore_bytes: memory as f64,
+        sync_after_ms: 0.0,
     })
 }
 

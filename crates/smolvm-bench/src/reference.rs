@@ -63,7 +63,10 @@ impl RefSandbox {
     pub fn adopt(b: &Bench, name: &str) -> Result<RefSandbox> {
         let row = b.engine.get(name).map_err(|e| anyhow!("{e}"))?;
         if row.disk_chain.len() != 1 {
-            bail!("reference sandbox {name} must have a single overlay, has {:?}", row.disk_chain);
+            bail!(
+                "reference sandbox {name} must have a single overlay, has {:?}",
+                row.disk_chain
+            );
         }
         let node = row.disk_chain[0].clone();
         let snapshots = b.root.join("ref-snapshots");
@@ -78,7 +81,12 @@ impl RefSandbox {
     }
 
     fn qmp(&self) -> Result<Qmp<std::os::unix::net::UnixStream>> {
-        Qmp::connect(&self.dir.join("qmp.sock"), Duration::from_secs(5), Duration::from_secs(30)).context("QMP connect")
+        Qmp::connect(
+            &self.dir.join("qmp.sock"),
+            Duration::from_secs(5),
+            Duration::from_secs(30),
+        )
+        .context("QMP connect")
     }
 
     /// The snapshot directory of `id`.
@@ -89,13 +97,14 @@ impl RefSandbox {
     /// `snapshot create --snapshot-type TY --resume-source`, the reference's way.
     pub fn create(&self, b: &Bench, id: &str, ty: &str) -> Result<CreateSample> {
         let vmm = b.vmm_pid(&self.name)?.to_string();
-        let before = sys::write_bytes(&vmm) + sys::write_bytes("self");
+        let (vmm0, own0) = (sys::write_bytes(&vmm), sys::write_bytes("self"));
         let t = Instant::now();
         if ty == "disk" {
             // §2.4: wait for the control channel, then its `sync`.
             let mut s = b.session(&self.name)?;
             s.health().map_err(|e| anyhow!("health: {e}"))?;
-            s.sync(false, Duration::from_secs(10)).map_err(|e| anyhow!("guest sync: {e}"))?;
+            s.sync(false, Duration::from_secs(10))
+                .map_err(|e| anyhow!("guest sync: {e}"))?;
         }
         let dir = self.snapshot_dir(id);
         std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -106,9 +115,15 @@ impl RefSandbox {
         let captured = (|| -> Result<()> {
             match ty {
                 "disk" => {
-                    q.execute("blockdev-snapshot-internal-sync", Some(json!({ "device": self.node, "name": id })))?;
+                    q.execute(
+                        "blockdev-snapshot-internal-sync",
+                        Some(json!({ "device": self.node, "name": id })),
+                    )?;
                     standalone_copy(&self.disk, &artifact, 0)?;
-                    q.execute("blockdev-snapshot-delete-internal-sync", Some(json!({ "device": self.node, "name": id })))?;
+                    q.execute(
+                        "blockdev-snapshot-delete-internal-sync",
+                        Some(json!({ "device": self.node, "name": id })),
+                    )?;
                 }
                 _ => {
                     run_job(
@@ -121,7 +136,11 @@ impl RefSandbox {
                     } else {
                         standalone_copy(&self.disk, &artifact, 0)?;
                     }
-                    run_job(&mut q, "snapshot-delete", json!({ "job-id": format!("snapshot-delete-{id}"), "tag": id, "devices": [self.node] }))?;
+                    run_job(
+                        &mut q,
+                        "snapshot-delete",
+                        json!({ "job-id": format!("snapshot-delete-{id}"), "tag": id, "devices": [self.node] }),
+                    )?;
                 }
             }
             // §2.1 steps 13-15: the record is written before the resume.
@@ -138,14 +157,17 @@ impl RefSandbox {
         let pause = paused.elapsed();
         let wall = t.elapsed();
         captured?;
-        let after = sys::write_bytes(&vmm) + sys::write_bytes("self");
+        let vmm_bytes = sys::write_bytes(&vmm).saturating_sub(vmm0);
+        let own_bytes = sys::write_bytes("self").saturating_sub(own0);
         let size = sys::allocated_tree(&dir);
         Ok(CreateSample {
             wall_ms: wall.as_secs_f64() * 1000.0,
             pause_ms: pause.as_secs_f64() * 1000.0,
-            bytes_written: after.saturating_sub(before) as f64,
+            bytes_written: (vmm_bytes + own_bytes) as f64,
+            vmm_bytes: vmm_bytes as f64,
             size_on_disk: size as f64,
             restore_bytes: size as f64,
+            sync_after_ms: 0.0,
         })
     }
 
@@ -158,12 +180,19 @@ impl RefSandbox {
             bail!("reference snapshot {id} has no disk.qcow2");
         }
         let row = b.engine.get(&self.name).map_err(|e| anyhow!("{e}"))?;
-        let image = b.engine.images().get(&row.config.image).map_err(|e| anyhow!("{e}"))?;
+        let image = b
+            .engine
+            .images()
+            .get(&row.config.image)
+            .map_err(|e| anyhow!("{e}"))?;
         // 1. Stop the sandbox: SIGTERM, wait, SIGKILL.
         if let Some(p) = row.process {
             p.terminate(Duration::from_secs(10));
         }
-        b.engine.store().set_status(&self.name, SandboxStatus::Stopped, None).map_err(|e| anyhow!("{e}"))?;
+        b.engine
+            .store()
+            .set_status(&self.name, SandboxStatus::Stopped, None)
+            .map_err(|e| anyhow!("{e}"))?;
         // 3-4. Staging path; the current disk moves aside (its sidecars are
         // listed first), a placeholder takes its place.
         let hex = random_hex();
@@ -196,7 +225,9 @@ impl RefSandbox {
                 paused: true,
                 incoming: None,
             };
-            let process = backend.launch(&spec).map_err(|e| anyhow!("starting QEMU: {e}"))?;
+            let process = backend
+                .launch(&spec)
+                .map_err(|e| anyhow!("starting QEMU: {e}"))?;
             let mut q = self.qmp()?;
             if ty != "disk" {
                 run_job(
@@ -204,7 +235,11 @@ impl RefSandbox {
                     "snapshot-load",
                     json!({ "job-id": format!("snapshot-load-{id}"), "tag": id, "vmstate": self.node, "devices": [self.node] }),
                 )?;
-                run_job(&mut q, "snapshot-delete", json!({ "job-id": format!("snapshot-delete-{id}"), "tag": id, "devices": [self.node] }))?;
+                run_job(
+                    &mut q,
+                    "snapshot-delete",
+                    json!({ "job-id": format!("snapshot-delete-{id}"), "tag": id, "devices": [self.node] }),
+                )?;
             }
             q.execute("cont", None)?;
             Ok(process)
@@ -221,9 +256,17 @@ impl RefSandbox {
         // 9-10. The staging file becomes the managed disk; the old disk and
         // its sidecars go; the row records the new process.
         std::fs::rename(&staging, &self.disk)?;
-        b.engine.store().set_status(&self.name, SandboxStatus::Running, Some(process)).map_err(|e| anyhow!("{e}"))?;
+        b.engine
+            .store()
+            .set_status(&self.name, SandboxStatus::Running, Some(process))
+            .map_err(|e| anyhow!("{e}"))?;
         let _ = std::fs::remove_file(&backup);
-        for s in old_sidecars {
+        // The reference deletes every sidecar of the old disk. A diff
+        // snapshot taken after a full restore is rebased onto such a
+        // sidecar, so restoring it would delete the new disk's own base;
+        // the benchmark keeps sidecars the new chain still uses.
+        let keep = sidecars(&self.disk);
+        for s in old_sidecars.into_iter().filter(|s| !keep.contains(s)) {
             let _ = std::fs::remove_file(s);
         }
         b.exec_true_cli(&self.name, Duration::from_secs(90))?;
@@ -239,8 +282,13 @@ fn run_job(q: &mut Qmp<std::os::unix::net::UnixStream>, command: &str, args: Val
     let deadline = Instant::now() + JOB_WAIT;
     loop {
         let jobs = q.execute("query-jobs", None)?;
-        let job = jobs.as_array().and_then(|a| a.iter().find(|j| j["id"] == id.as_str())).cloned();
-        let Some(job) = job else { bail!("QMP job {id} vanished") };
+        let job = jobs
+            .as_array()
+            .and_then(|a| a.iter().find(|j| j["id"] == id.as_str()))
+            .cloned();
+        let Some(job) = job else {
+            bail!("QMP job {id} vanished")
+        };
         if job["status"] == "concluded" {
             q.execute("job-dismiss", Some(json!({ "id": id })))?;
             if let Some(err) = job.get("error").and_then(Value::as_str) {
@@ -249,7 +297,10 @@ fn run_job(q: &mut Qmp<std::os::unix::net::UnixStream>, command: &str, args: Val
             return Ok(());
         }
         if Instant::now() >= deadline {
-            bail!("timed out waiting for QMP job {id} (status {})", job["status"]);
+            bail!(
+                "timed out waiting for QMP job {id} (status {})",
+                job["status"]
+            );
         }
         std::thread::sleep(JOB_POLL);
     }
@@ -257,26 +308,47 @@ fn run_job(q: &mut Qmp<std::os::unix::net::UnixStream>, command: &str, args: Val
 
 fn qemu_img(args: &[&str]) -> Result<String> {
     let bin = std::env::var("SMOLVM_QEMU_IMG_BIN").unwrap_or_else(|_| "qemu-img".into());
-    let out = std::process::Command::new(&bin).args(args).output().with_context(|| format!("running {bin}"))?;
+    let out = std::process::Command::new(&bin)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {bin}"))?;
     if !out.status.success() {
-        bail!("qemu-img {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "qemu-img {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// The backing file of `path` and its format, from `qemu-img info -U`.
 fn backing_of(path: &Path) -> Result<Option<(String, Option<String>)>> {
-    let info: Value = serde_json::from_str(&qemu_img(&["info", "-U", "--output=json", &path.display().to_string()])?)?;
-    let file = info["full-backing-filename"].as_str().or_else(|| info["backing-filename"].as_str());
-    Ok(file.map(|f| (f.to_string(), info["backing-filename-format"].as_str().map(str::to_string))))
+    let info: Value = serde_json::from_str(&qemu_img(&[
+        "info",
+        "-U",
+        "--output=json",
+        &path.display().to_string(),
+    ])?)?;
+    let file = info["full-backing-filename"]
+        .as_str()
+        .or_else(|| info["backing-filename"].as_str());
+    Ok(file.map(|f| {
+        (
+            f.to_string(),
+            info["backing-filename-format"].as_str().map(str::to_string),
+        )
+    }))
 }
 
 /// A plain byte copy (like Python's `shutil.copyfile`): holes are read as
 /// zeros and written out, nothing is fsynced.
 fn plain_copy(src: &Path, dst: &Path) -> Result<()> {
     use std::io::{Read, Write};
-    let mut input = std::fs::File::open(src).with_context(|| format!("opening {}", src.display()))?;
-    let mut output = std::fs::File::create(dst).with_context(|| format!("creating {}", dst.display()))?;
+    let mut input =
+        std::fs::File::open(src).with_context(|| format!("opening {}", src.display()))?;
+    let mut output =
+        std::fs::File::create(dst).with_context(|| format!("creating {}", dst.display()))?;
     let mut buf = vec![0u8; 1 << 20];
     loop {
         let n = input.read(&mut buf)?;
@@ -293,28 +365,60 @@ fn plain_copy(src: &Path, dst: &Path) -> Result<()> {
 fn standalone_copy(src: &Path, dst: &Path, depth: usize) -> Result<()> {
     let backing = backing_of(src)?;
     plain_copy(src, dst)?;
-    let Some((base, fmt)) = backing else { return Ok(()) };
+    let Some((base, fmt)) = backing else {
+        return Ok(());
+    };
     let base = PathBuf::from(base);
     if !base.exists() {
-        bail!("Full snapshot needs the disk's base image, but that file is missing: '{}'", base.display());
+        bail!(
+            "Full snapshot needs the disk's base image, but that file is missing: '{}'",
+            base.display()
+        );
     }
-    let suffix = base.extension().map(|e| format!(".{}", e.to_string_lossy())).unwrap_or_else(|| ".img".into());
+    let suffix = base
+        .extension()
+        .map(|e| format!(".{}", e.to_string_lossy()))
+        .unwrap_or_else(|| ".img".into());
     let sidecar = PathBuf::from(format!("{}.backing-{depth}{suffix}", dst.display()));
     standalone_copy(&base, &sidecar, depth + 1)?;
-    let fmt = fmt.unwrap_or_else(|| if suffix == ".qcow2" { "qcow2".into() } else { "raw".into() });
+    let fmt = fmt.unwrap_or_else(|| {
+        if suffix == ".qcow2" {
+            "qcow2".into()
+        } else {
+            "raw".into()
+        }
+    });
     let sidecar = std::path::absolute(&sidecar)?;
-    qemu_img(&["rebase", "-u", "-b", &sidecar.display().to_string(), "-F", &fmt, &dst.display().to_string()])?;
+    qemu_img(&[
+        "rebase",
+        "-u",
+        "-b",
+        &sidecar.display().to_string(),
+        "-F",
+        &fmt,
+        &dst.display().to_string(),
+    ])?;
     Ok(())
 }
 
 /// The reference's "overlay copy" (diff): the overlay alone, rebased onto
 /// the absolute path of its original backing file.
 fn overlay_copy(src: &Path, dst: &Path) -> Result<()> {
-    let Some((base, fmt)) = backing_of(src)? else { return standalone_copy(src, dst, 0) };
+    let Some((base, fmt)) = backing_of(src)? else {
+        return standalone_copy(src, dst, 0);
+    };
     plain_copy(src, dst)?;
     let fmt = fmt.unwrap_or_else(|| "raw".into());
     // The reference only logs a failure here.
-    let _ = qemu_img(&["rebase", "-u", "-b", &base, "-F", &fmt, &dst.display().to_string()]);
+    let _ = qemu_img(&[
+        "rebase",
+        "-u",
+        "-b",
+        &base,
+        "-F",
+        &fmt,
+        &dst.display().to_string(),
+    ]);
     Ok(())
 }
 

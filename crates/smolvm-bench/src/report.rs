@@ -30,6 +30,8 @@ pub struct Report {
     pub targets: Vec<Target>,
     /// Phases with their duration and the machine's load.
     pub phases: Vec<Phase>,
+    /// What was skipped or shrunk, and why.
+    pub notes: Vec<String>,
 }
 
 /// Run metadata.
@@ -68,6 +70,8 @@ pub struct Boot {
     pub disk_mib: u64,
     /// Create to first exec (ms).
     pub ms: f64,
+    /// How many were booted at once with it.
+    pub concurrent: usize,
 }
 
 /// The four figures of a snapshot create.
@@ -75,6 +79,9 @@ pub struct Boot {
 pub struct CreateFigures {
     /// Wall time (ms).
     pub wall_ms: Option<Summary>,
+    /// Wall time plus a `sync` right after: the time until what it wrote
+    /// is on storage (smolvm fsyncs its files; the reference does not).
+    pub durable_ms: Option<Summary>,
     /// Guest pause window (ms).
     pub pause_ms: Option<Summary>,
     /// Bytes written to storage.
@@ -111,6 +118,8 @@ pub struct CreateCase {
 pub struct CreateRatios {
     /// Wall time, ours / reference.
     pub wall_vs_reference: Option<f64>,
+    /// Wall time until on storage, ours / reference.
+    pub durable_vs_reference: Option<f64>,
     /// Pause window, ours / reference.
     pub pause_vs_reference: Option<f64>,
     /// Bytes written, ours / reference.
@@ -126,10 +135,26 @@ impl CreateCase {
     pub fn compute_ratios(&mut self) {
         let r = self.reference.as_ref();
         self.ratios = CreateRatios {
-            wall_vs_reference: ratio(self.ours.wall_ms.as_ref(), r.and_then(|r| r.wall_ms.as_ref())),
-            pause_vs_reference: ratio(self.ours.pause_ms.as_ref(), r.and_then(|r| r.pause_ms.as_ref())),
-            bytes_vs_reference: ratio(self.ours.bytes_written.as_ref(), r.and_then(|r| r.bytes_written.as_ref())),
-            size_vs_reference: ratio(self.ours.size_on_disk.as_ref(), r.and_then(|r| r.size_on_disk.as_ref())),
+            wall_vs_reference: ratio(
+                self.ours.wall_ms.as_ref(),
+                r.and_then(|r| r.wall_ms.as_ref()),
+            ),
+            durable_vs_reference: ratio(
+                self.ours.durable_ms.as_ref(),
+                r.and_then(|r| r.durable_ms.as_ref()),
+            ),
+            pause_vs_reference: ratio(
+                self.ours.pause_ms.as_ref(),
+                r.and_then(|r| r.pause_ms.as_ref()),
+            ),
+            bytes_vs_reference: ratio(
+                self.ours.bytes_written.as_ref(),
+                r.and_then(|r| r.bytes_written.as_ref()),
+            ),
+            size_vs_reference: ratio(
+                self.ours.size_on_disk.as_ref(),
+                r.and_then(|r| r.size_on_disk.as_ref()),
+            ),
             wall_vs_limit: ratio(self.ours.wall_ms.as_ref(), self.limit_write_ms.as_ref()),
         };
     }
@@ -252,7 +277,10 @@ pub fn x(r: Option<f64>) -> String {
 /// A markdown table.
 pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     let mut s = format!("| {} |\n", headers.join(" | "));
-    s.push_str(&format!("|{}\n", headers.iter().map(|_| "---|").collect::<String>()));
+    s.push_str(&format!(
+        "|{}\n",
+        headers.iter().map(|_| "---|").collect::<String>()
+    ));
     for r in rows {
         s.push_str(&format!("| {} |\n", r.join(" | ")));
     }
@@ -301,6 +329,12 @@ impl Report {
             m.load_end[2]
         ));
         s.push_str("Cells are `median [min–max]`. Ratios are of medians, ours / other: below 1× ours is faster or smaller.\n\n");
+        for n in &self.notes {
+            s.push_str(&format!("- {n}\n"));
+        }
+        if !self.notes.is_empty() {
+            s.push('\n');
+        }
 
         s.push_str("## Targets\n\n");
         let rows: Vec<Vec<String>> = self
@@ -312,17 +346,39 @@ impl Report {
                     Some(false) => "**missed**",
                     None => "n/a",
                 };
-                vec![t.name.clone(), t.goal.clone(), t.measured.clone(), met.into()]
+                vec![
+                    t.name.clone(),
+                    t.goal.clone(),
+                    t.measured.clone(),
+                    met.into(),
+                ]
             })
             .collect();
         s.push_str(&table(&["target", "goal", "measured", ""], &rows));
 
         s.push_str("\n## Cold create\n\n");
-        let mut rows = vec![vec![shape(256, 2048), cell(self.cold_create_ms.as_ref(), ms)]];
+        let mut rows = vec![vec![
+            shape(256, 2048),
+            cell(self.cold_create_ms.as_ref(), ms),
+        ]];
         for b in &self.other_boots {
-            rows.push(vec![format!("{} ({})", shape(b.memory_mib, b.disk_mib), b.name), ms(b.ms)]);
+            rows.push(vec![
+                format!(
+                    "{} ({}, {} booting at once)",
+                    shape(b.memory_mib, b.disk_mib),
+                    b.name,
+                    b.concurrent
+                ),
+                ms(b.ms),
+            ]);
         }
-        s.push_str(&table(&["sandbox (memory / disk)", "`sandbox create` → first `exec true` answered (ms)"], &rows));
+        s.push_str(&table(
+            &[
+                "sandbox (memory / disk)",
+                "`sandbox create` → first `exec true` answered (ms)",
+            ],
+            &rows,
+        ));
 
         s.push_str("\n## Snapshot create\n\n");
         s.push_str("Wall time and pause window in ms. `change` = MiB written to the disk before each snapshot (MiB of guest memory rewritten in parentheses).\n\n");
@@ -347,7 +403,19 @@ impl Report {
             })
             .collect();
         s.push_str(&table(
-            &["memory / disk", "change", "type", "wall ours", "wall ref", "ours/ref", "limit", "ours/limit", "pause ours", "pause ref", "ours/ref"],
+            &[
+                "memory / disk",
+                "change",
+                "type",
+                "wall ours",
+                "wall ref",
+                "ours/ref",
+                "limit",
+                "ours/limit",
+                "pause ours",
+                "pause ref",
+                "ours/ref",
+            ],
             &rows,
         ));
         s.push('\n');
@@ -370,7 +438,45 @@ impl Report {
             })
             .collect();
         s.push_str(&table(
-            &["memory / disk", "change", "type", "written ours", "written ref", "ours/ref", "size ours", "size ref", "ours/ref"],
+            &[
+                "memory / disk",
+                "change",
+                "type",
+                "written ours",
+                "written ref",
+                "ours/ref",
+                "size ours",
+                "size ref",
+                "ours/ref",
+            ],
+            &rows,
+        ));
+        s.push_str("\nUntil on storage: wall time plus a `sync` right after (smolvm fsyncs what it writes; the reference leaves it in the page cache).\n\n");
+        let rows: Vec<Vec<String>> = self
+            .creates
+            .iter()
+            .filter(|c| c.reference.is_some())
+            .map(|c| {
+                let r = c.reference.clone().unwrap_or_default();
+                vec![
+                    shape(c.memory_mib, c.disk_mib),
+                    c.change_mib.to_string(),
+                    c.snapshot_type.clone(),
+                    cell(c.ours.durable_ms.as_ref(), ms),
+                    cell(r.durable_ms.as_ref(), ms),
+                    x(c.ratios.durable_vs_reference),
+                ]
+            })
+            .collect();
+        s.push_str(&table(
+            &[
+                "memory / disk",
+                "change",
+                "type",
+                "ours (ms)",
+                "ref (ms)",
+                "ours/ref",
+            ],
             &rows,
         ));
 
@@ -387,39 +493,107 @@ impl Report {
                     cell(r.ours_reported_ms.as_ref(), ms),
                     cell(r.reference_ms.as_ref(), ms),
                     x(r.vs_reference),
-                    format!("{} ({})", cell(r.limit_read_ms.as_ref(), ms), bytes(r.read_bytes)),
+                    format!(
+                        "{} ({})",
+                        cell(r.limit_read_ms.as_ref(), ms),
+                        bytes(r.read_bytes)
+                    ),
                     x(r.vs_limit),
                     x(r.vs_cold_create),
                 ]
             })
             .collect();
         s.push_str(&table(
-            &["memory / disk", "change", "type", "ours (ms)", "of which restore_ms", "ref (ms)", "ours/ref", "limit: page-cache read (bytes)", "ours/limit", "ours/cold create"],
+            &[
+                "memory / disk",
+                "change",
+                "type",
+                "ours (ms)",
+                "of which restore_ms",
+                "ref (ms)",
+                "ours/ref",
+                "limit: page-cache read (bytes)",
+                "ours/limit",
+                "ours/cold create",
+            ],
             &rows,
         ));
 
         s.push_str("\n## Scale and other figures\n\n");
         let e = &self.extras;
         let mut rows = vec![
-            vec!["`smolvm sandbox exec NAME -- true` (CLI process)".into(), cell(e.exec_true_cli_ms.as_ref(), ms) + " ms"],
-            vec!["`true` over an open library session".into(), cell(e.exec_true_session_ms.as_ref(), ms) + " ms"],
-            vec!["QEMU RSS, idle 256 MiB sandbox".into(), cell(e.idle_rss_256.as_ref(), bytes)],
-            vec!["QEMU PSS, idle 256 MiB sandbox".into(), cell(e.idle_pss_256.as_ref(), bytes)],
+            vec![
+                "`smolvm sandbox exec NAME -- true` (CLI process)".into(),
+                cell(e.exec_true_cli_ms.as_ref(), ms) + " ms",
+            ],
+            vec![
+                "`true` over an open library session".into(),
+                cell(e.exec_true_session_ms.as_ref(), ms) + " ms",
+            ],
+            vec![
+                "QEMU RSS, idle 256 MiB sandbox".into(),
+                cell(e.idle_rss_256.as_ref(), bytes),
+            ],
+            vec![
+                "QEMU PSS, idle 256 MiB sandbox".into(),
+                cell(e.idle_pss_256.as_ref(), bytes),
+            ],
         ];
         if let Some(l) = &self.list {
             rows.push(vec![
                 format!("`smolvm sandbox snapshot list --json`, {} snapshots ({} cloned from a real one)", l.snapshots, l.synthesized),
                 cell(l.cli_ms.as_ref(), ms) + " ms",
             ]);
-            rows.push(vec![format!("`snapshot::list` in-process, {} snapshots", l.snapshots), cell(l.library_ms.as_ref(), ms) + " ms"]);
+            rows.push(vec![
+                format!("`snapshot::list` in-process, {} snapshots", l.snapshots),
+                cell(l.library_ms.as_ref(), ms) + " ms",
+            ]);
         }
         if let Some(c) = &self.concurrent {
             let n = c.sandboxes;
-            rows.push(vec![format!("{n} × {} MiB sandboxes: create → first exec, all at once", c.memory_mib), format!("{:.1} s (each {} ms)", c.create_ms / 1000.0, cell(c.create_each_ms.as_ref(), ms))]);
-            rows.push(vec![format!("{n} full snapshots at once"), format!("{:.1} s (each {} ms)", c.snapshot_ms / 1000.0, cell(c.snapshot_each_ms.as_ref(), ms))]);
-            rows.push(vec![format!("{n} restores → first exec at once"), format!("{:.1} s (each {} ms)", c.restore_ms / 1000.0, cell(c.restore_each_ms.as_ref(), ms))]);
-            rows.push(vec![format!("{n} sandboxes: total"), format!("{:.1} s, {} failures", c.total_ms / 1000.0, c.failures.len())]);
-            rows.push(vec![format!("QEMU RSS / PSS per sandbox with {n} idle"), format!("{} / {}", cell(c.rss_each.as_ref(), bytes), cell(c.pss_each.as_ref(), bytes))]);
+            rows.push(vec![
+                format!(
+                    "{n} × {} MiB sandboxes: create → first exec, all at once",
+                    c.memory_mib
+                ),
+                format!(
+                    "{:.1} s (each {} ms)",
+                    c.create_ms / 1000.0,
+                    cell(c.create_each_ms.as_ref(), ms)
+                ),
+            ]);
+            rows.push(vec![
+                format!("{n} full snapshots at once"),
+                format!(
+                    "{:.1} s (each {} ms)",
+                    c.snapshot_ms / 1000.0,
+                    cell(c.snapshot_each_ms.as_ref(), ms)
+                ),
+            ]);
+            rows.push(vec![
+                format!("{n} restores → first exec at once"),
+                format!(
+                    "{:.1} s (each {} ms)",
+                    c.restore_ms / 1000.0,
+                    cell(c.restore_each_ms.as_ref(), ms)
+                ),
+            ]);
+            rows.push(vec![
+                format!("{n} sandboxes: total"),
+                format!(
+                    "{:.1} s, {} failures",
+                    c.total_ms / 1000.0,
+                    c.failures.len()
+                ),
+            ]);
+            rows.push(vec![
+                format!("QEMU RSS / PSS per sandbox with {n} idle"),
+                format!(
+                    "{} / {}",
+                    cell(c.rss_each.as_ref(), bytes),
+                    cell(c.pss_each.as_ref(), bytes)
+                ),
+            ]);
         }
         s.push_str(&table(&["figure", "value"], &rows));
 
@@ -437,7 +611,10 @@ impl Report {
                 ]
             })
             .collect();
-        s.push_str(&table(&["phase", "s", "load (1 min)", "CPU busy (all)", "steal"], &rows));
+        s.push_str(&table(
+            &["phase", "s", "load (1 min)", "CPU busy (all)", "steal"],
+            &rows,
+        ));
         s
     }
 }
@@ -472,13 +649,26 @@ mod tests {
             change_mib: 10,
             memory_change_mib: 10,
             snapshot_type: "full".into(),
-            ours: CreateFigures { wall_ms: sum(&[100.0, 200.0, 300.0]), pause_ms: sum(&[50.0]), bytes_written: None, size_on_disk: sum(&[10.0]) },
-            reference: Some(CreateFigures { wall_ms: sum(&[1000.0]), pause_ms: sum(&[500.0]), bytes_written: sum(&[7.0]), size_on_disk: sum(&[40.0]) }),
+            ours: CreateFigures {
+                wall_ms: sum(&[100.0, 200.0, 300.0]),
+                durable_ms: sum(&[300.0]),
+                pause_ms: sum(&[50.0]),
+                bytes_written: None,
+                size_on_disk: sum(&[10.0]),
+            },
+            reference: Some(CreateFigures {
+                wall_ms: sum(&[1000.0]),
+                durable_ms: sum(&[3000.0]),
+                pause_ms: sum(&[500.0]),
+                bytes_written: sum(&[7.0]),
+                size_on_disk: sum(&[40.0]),
+            }),
             limit_write_ms: sum(&[100.0]),
             ratios: CreateRatios::default(),
         };
         c.compute_ratios();
         assert_eq!(c.ratios.wall_vs_reference, Some(0.2));
+        assert_eq!(c.ratios.durable_vs_reference, Some(0.1));
         assert_eq!(c.ratios.pause_vs_reference, Some(0.1));
         assert_eq!(c.ratios.bytes_vs_reference, None);
         assert_eq!(c.ratios.size_vs_reference, Some(0.25));
@@ -515,6 +705,7 @@ mod tests {
             list: None,
             targets: vec![],
             phases: vec![],
+            notes: vec![],
         }
         .markdown();
         assert!(md.contains("| 256 MiB / 2 GiB | 10 (10) | full | 200 [100–300] | 1000 | 0.20× | 100 | 2.00× | 50.0 | 500 | 0.10× |"), "{md}");

@@ -55,18 +55,38 @@ pub fn concurrent(b: &Bench, n: usize, memory_mib: u32) -> Result<Concurrent> {
                 s.spawn(move || {
                     let t = Instant::now();
                     match f(name) {
-                        Ok(()) => each.lock().unwrap().push(t.elapsed().as_secs_f64() * 1000.0),
-                        Err(e) => failures.lock().unwrap().push(format!("{what} {name}: {e:#}")),
+                        Ok(()) => each
+                            .lock()
+                            .unwrap()
+                            .push(t.elapsed().as_secs_f64() * 1000.0),
+                        Err(e) => failures
+                            .lock()
+                            .unwrap()
+                            .push(format!("{what} {name}: {e:#}")),
                     }
                 });
             }
         });
-        (t.elapsed().as_secs_f64() * 1000.0, each.into_inner().unwrap())
+        (
+            t.elapsed().as_secs_f64() * 1000.0,
+            each.into_inner().unwrap(),
+        )
     };
     let mem = memory_mib.to_string();
     let cli = &b.cli;
     let (create_ms, create_each) = phase("create", &|name| {
-        cli.cli_json(&["sandbox", "create", "--name", name, "--image", &cli.image, "--memory", &mem, "--boot-timeout", "900"])?;
+        cli.cli_json(&[
+            "sandbox",
+            "create",
+            "--name",
+            name,
+            "--image",
+            &cli.image,
+            "--memory",
+            &mem,
+            "--boot-timeout",
+            "900",
+        ])?;
         cli.exec_true_cli(name, Duration::from_secs(120))
     });
     b.say(&format!("  {n} sandboxes up in {:.1}s", create_ms / 1000.0));
@@ -79,11 +99,26 @@ pub fn concurrent(b: &Bench, n: usize, memory_mib: u32) -> Result<Concurrent> {
         }
     }
     let (snapshot_ms, snapshot_each) = phase("snapshot", &|name| {
-        cli.cli_json(&["sandbox", "snapshot", "create", name, "--snapshot-id", &format!("{name}-snap"), "--resume-source"]).map(drop)
+        cli.cli_json(&[
+            "sandbox",
+            "snapshot",
+            "create",
+            name,
+            "--snapshot-id",
+            &format!("{name}-snap"),
+            "--resume-source",
+        ])
+        .map(drop)
     });
     b.say(&format!("  {n} snapshots in {:.1}s", snapshot_ms / 1000.0));
     let (restore_ms, restore_each) = phase("restore", &|name| {
-        cli.cli_json(&["sandbox", "snapshot", "restore", &format!("{name}-snap"), "--resume"])?;
+        cli.cli_json(&[
+            "sandbox",
+            "snapshot",
+            "restore",
+            &format!("{name}-snap"),
+            "--resume",
+        ])?;
         cli.exec_true_cli(name, Duration::from_secs(120))
     });
     b.say(&format!("  {n} restores in {:.1}s", restore_ms / 1000.0));
@@ -125,11 +160,17 @@ pub struct ListFigures {
 /// then times `snapshot list`.
 pub fn list(b: &Bench, source: &str, total: usize, runs: usize) -> Result<ListFigures> {
     let store = b.engine.store();
-    let row = store.get_snapshot(source).map_err(|e| anyhow!("{e}"))?.ok_or_else(|| anyhow!("no snapshot {source}"))?;
+    let row = store
+        .get_snapshot(source)
+        .map_err(|e| anyhow!("{e}"))?
+        .ok_or_else(|| anyhow!("no snapshot {source}"))?;
     let manifest: serde_json::Value = serde_json::from_str(&row.manifest)?;
     let existing = store.list_snapshots().map_err(|e| anyhow!("{e}"))?.len();
     let want = total.saturating_sub(existing);
-    let created_at = manifest["created_at"].as_str().unwrap_or("2026-01-01T00:00:00.000000+00:00").to_string();
+    let created_at = manifest["created_at"]
+        .as_str()
+        .unwrap_or("2026-01-01T00:00:00.000000+00:00")
+        .to_string();
     for i in 0..want {
         let id = format!("list-{i:05}");
         let mut m = manifest.clone();
@@ -139,9 +180,17 @@ pub fn list(b: &Bench, source: &str, total: usize, runs: usize) -> Result<ListFi
         smolvm_core::paths::create_private_dir(&dir)?;
         let text = serde_json::to_string_pretty(&m)?;
         std::fs::write(dir.join("manifest.json"), &text)?;
-        let new_row = SnapshotRow { snapshot_id: id.clone(), vm_id: row.vm_id.clone(), manifest: serde_json::to_string(&m)?, restored: false, restored_vm_id: None };
+        let new_row = SnapshotRow {
+            snapshot_id: id.clone(),
+            vm_id: row.vm_id.clone(),
+            manifest: serde_json::to_string(&m)?,
+            restored: false,
+            restored_vm_id: None,
+        };
         let ty = m["snapshot_type"].as_str().unwrap_or("full");
-        store.insert_snapshot(&new_row, "qemu", ty, None, &created_at).map_err(|e| anyhow!("{e}"))?;
+        store
+            .insert_snapshot(&new_row, "qemu", ty, None, &created_at)
+            .map_err(|e| anyhow!("{e}"))?;
     }
     let mut cli = Vec::new();
     let mut lib = Vec::new();
@@ -154,11 +203,19 @@ pub fn list(b: &Bench, source: &str, total: usize, runs: usize) -> Result<ListFi
         let rows = smolvm_core::snapshot::list(&b.engine, None).map_err(|e| anyhow!("{e}"))?;
         lib.push(t.elapsed().as_secs_f64() * 1000.0);
         if rows.len() != count {
-            bail!("the CLI listed {count} snapshots, the library {}", rows.len());
+            bail!(
+                "the CLI listed {count} snapshots, the library {}",
+                rows.len()
+            );
         }
     }
     if count < total {
         bail!("listed {count} snapshots, expected at least {total}");
     }
-    Ok(ListFigures { snapshots: count, synthesized: want, cli_ms: Summary::of(&cli), library_ms: Summary::of(&lib) })
+    Ok(ListFigures {
+        snapshots: count,
+        synthesized: want,
+        cli_ms: Summary::of(&cli),
+        library_ms: Summary::of(&lib),
+    })
 }

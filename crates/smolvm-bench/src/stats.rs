@@ -27,8 +27,18 @@ impl Summary {
         let mut sorted = samples.to_vec();
         sorted.sort_by(|a, b| a.total_cmp(b));
         let n = sorted.len();
-        let median = if n % 2 == 1 { sorted[n / 2] } else { (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0 };
-        Some(Summary { n, median, min: sorted[0], max: sorted[n - 1], samples: samples.to_vec() })
+        let median = if n % 2 == 1 {
+            sorted[n / 2]
+        } else {
+            (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
+        };
+        Some(Summary {
+            n,
+            median,
+            min: sorted[0],
+            max: sorted[n - 1],
+            samples: samples.to_vec(),
+        })
     }
 }
 

@@ -17,7 +17,11 @@ pub fn write_bytes(pid: &str) -> u64 {
 fn proc_io_field(pid: &str, field: &str) -> u64 {
     let text = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
     text.lines()
-        .find_map(|l| l.strip_prefix(field).and_then(|r| r.strip_prefix(':')).and_then(|v| v.trim().parse().ok()))
+        .find_map(|l| {
+            l.strip_prefix(field)
+                .and_then(|r| r.strip_prefix(':'))
+                .and_then(|v| v.trim().parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -39,17 +43,24 @@ pub fn mem_use(pid: i32) -> Option<MemUse> {
             rest.split_whitespace().next()?.parse::<u64>().ok()
         })
     };
-    Some(MemUse { rss: kib("Rss")? * 1024, pss: kib("Pss")? * 1024 })
+    Some(MemUse {
+        rss: kib("Rss")? * 1024,
+        pss: kib("Pss")? * 1024,
+    })
 }
 
 /// Bytes a file really occupies (holes of a sparse file do not count).
 pub fn allocated(path: &Path) -> u64 {
-    std::fs::symlink_metadata(path).map(|m| m.blocks() * 512).unwrap_or(0)
+    std::fs::symlink_metadata(path)
+        .map(|m| m.blocks() * 512)
+        .unwrap_or(0)
 }
 
 /// Allocated bytes of every regular file under `dir` (recursive).
 pub fn allocated_tree(dir: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else { return allocated(dir) };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return allocated(dir);
+    };
     let mut total = 0;
     for e in entries.flatten() {
         let Ok(ft) = e.file_type() else { continue };
@@ -65,8 +76,14 @@ pub fn allocated_tree(dir: &Path) -> u64 {
 /// The 1/5/15-minute load averages.
 pub fn loadavg() -> [f64; 3] {
     let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let mut it = text.split_whitespace().map(|v| v.parse().unwrap_or(f64::NAN));
-    [it.next().unwrap_or(f64::NAN), it.next().unwrap_or(f64::NAN), it.next().unwrap_or(f64::NAN)]
+    let mut it = text
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(f64::NAN));
+    [
+        it.next().unwrap_or(f64::NAN),
+        it.next().unwrap_or(f64::NAN),
+        it.next().unwrap_or(f64::NAN),
+    ]
 }
 
 /// Host CPU time counters (jiffies) from the first line of /proc/stat.
@@ -82,10 +99,18 @@ impl CpuTimes {
     pub fn now() -> CpuTimes {
         let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
         let line = text.lines().next().unwrap_or("");
-        let v: Vec<u64> = line.split_whitespace().skip(1).map(|x| x.parse().unwrap_or(0)).collect();
+        let v: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .map(|x| x.parse().unwrap_or(0))
+            .collect();
         let get = |i: usize| v.get(i).copied().unwrap_or(0);
         // user nice system idle iowait irq softirq steal
-        CpuTimes { busy: get(0) + get(1) + get(2) + get(5) + get(6), idle: get(3) + get(4), steal: get(7) }
+        CpuTimes {
+            busy: get(0) + get(1) + get(2) + get(5) + get(6),
+            idle: get(3) + get(4),
+            steal: get(7),
+        }
     }
 
     /// Busy and steal shares of all cores between `self` and `later`.
@@ -129,38 +154,70 @@ fn first_line(cmd: &str, args: &[&str]) -> String {
     Command::new(cmd)
         .args(args)
         .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").trim().to_string())
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string()
+        })
         .unwrap_or_default()
 }
 
 /// Describes this machine; `data` is the benchmark's data directory.
 pub fn machine(data: &Path) -> Machine {
-    let lscpu = Command::new("lscpu").output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+    let lscpu = Command::new("lscpu")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
     let field = |name: &str| {
         lscpu
             .lines()
-            .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(':')).map(|v| v.trim().to_string()))
+            .find_map(|l| {
+                l.strip_prefix(name)
+                    .and_then(|r| r.strip_prefix(':'))
+                    .map(|v| v.trim().to_string())
+            })
             .unwrap_or_default()
     };
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let mem_kib: f64 = meminfo
         .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:").and_then(|r| r.split_whitespace().next()).and_then(|v| v.parse().ok()))
+        .find_map(|l| {
+            l.strip_prefix("MemTotal:")
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+        })
         .unwrap_or(0.0);
     let os = std::fs::read_to_string("/etc/os-release")
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("PRETTY_NAME=").map(|v| v.trim_matches('"').to_string()))
+        .find_map(|l| {
+            l.strip_prefix("PRETTY_NAME=")
+                .map(|v| v.trim_matches('"').to_string())
+        })
         .unwrap_or_default();
     Machine {
         cpu_model: field("Model name"),
-        cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        cores: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
         hypervisor: field("Hypervisor vendor"),
         ram_gib: (mem_kib / 1024.0 / 1024.0 * 10.0).round() / 10.0,
         kernel: first_line("uname", &["-sr"]),
-        qemu: first_line(&std::env::var("SMOLVM_QEMU_BIN").unwrap_or_else(|_| "qemu-system-x86_64".into()), &["--version"]),
-        qemu_img: first_line(&std::env::var("SMOLVM_QEMU_IMG_BIN").unwrap_or_else(|_| "qemu-img".into()), &["--version"]),
-        data_fs: first_line("findmnt", &["-n", "-o", "FSTYPE", "-T", &data.display().to_string()]),
+        qemu: first_line(
+            &std::env::var("SMOLVM_QEMU_BIN").unwrap_or_else(|_| "qemu-system-x86_64".into()),
+            &["--version"],
+        ),
+        qemu_img: first_line(
+            &std::env::var("SMOLVM_QEMU_IMG_BIN").unwrap_or_else(|_| "qemu-img".into()),
+            &["--version"],
+        ),
+        data_fs: first_line(
+            "findmnt",
+            &["-n", "-o", "FSTYPE", "-T", &data.display().to_string()],
+        ),
         os,
     }
 }

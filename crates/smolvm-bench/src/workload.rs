@@ -54,8 +54,14 @@ mod tests {
         assert!(setup_script(200).contains("-lt 51 ]"));
         let a = change_script(0, 10, 10);
         let b = change_script(1, 10, 10);
-        assert!(a.contains("skip=4096 ") && b.contains("skip=8192 "), "{a}\n{b}");
-        assert!(change_script(254, 1, 0).contains("skip=1044480 ") && !change_script(254, 1, 0).contains("shm"));
+        assert!(
+            a.contains("skip=4096 ") && b.contains("skip=8192 "),
+            "{a}\n{b}"
+        );
+        assert!(
+            change_script(254, 1, 0).contains("skip=1044480 ")
+                && !change_script(254, 1, 0).contains("shm")
+        );
         // The offset never reaches 1 MiB, so src = change + 1 MiB suffices.
         assert!((0..1000).all(|k| (k % 255 + 1) * 4096 < 1 << 20));
     }
