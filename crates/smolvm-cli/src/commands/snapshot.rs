@@ -67,6 +67,7 @@ pub(crate) fn run(cmd: SnapshotCmd) -> Result<Done, CliError> {
                     "snapshot": outcome.snapshot,
                     "vm": { "name": outcome.vm, "status": outcome.status, "ip_address": info.ip_address, "ssh_port": null },
                     "restore_ms": outcome.restore_ms,
+                    "load_ms": outcome.load_ms,
                 }),
                 human,
             ))

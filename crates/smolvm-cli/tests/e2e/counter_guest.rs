@@ -102,7 +102,10 @@ pub fn elf(delay: u32) -> Vec<u8> {
     assert_eq!(code.len(), len);
     code.extend_from_slice(READY_TEXT.as_bytes());
     let file_len = (code_off + code.len()) as u64;
-    assert!(file_len < u64::from(DATA) - LOAD, "code overlaps the data page");
+    assert!(
+        file_len < u64::from(DATA) - LOAD,
+        "code overlaps the data page"
+    );
     let entry = LOAD + code_off as u64;
 
     let mut f = Vec::with_capacity(file_len as usize);
@@ -144,7 +147,11 @@ pub fn counts(console: &str) -> Vec<u64> {
     let complete = console.rfind('\n').map_or("", |end| &console[..end]);
     complete
         .split('\n')
-        .filter_map(|line| line.rsplit(READY_TEXT).next().filter(|_| line.contains(READY_TEXT)))
+        .filter_map(|line| {
+            line.rsplit(READY_TEXT)
+                .next()
+                .filter(|_| line.contains(READY_TEXT))
+        })
         .filter_map(|n| n.trim_end_matches('\r').parse().ok())
         .collect()
 }
@@ -155,5 +162,8 @@ fn the_guest_is_a_small_valid_elf() {
     assert!(e.len() < 400, "{} bytes", e.len());
     assert_eq!(&e[..4], b"\x7fELF");
     assert!(e.ends_with(READY_TEXT.as_bytes()));
-    assert_eq!(counts("COUNT 1\nCOUNT 2\nCOU\nxCOUNT 7\nCOUNT 1"), vec![1, 2, 7]);
+    assert_eq!(
+        counts("COUNT 1\nCOUNT 2\nCOU\nxCOUNT 7\nCOUNT 1"),
+        vec![1, 2, 7]
+    );
 }

@@ -351,3 +351,39 @@ fn a_snapshot_this_firecracker_cannot_load_is_refused_before_anything_changes() 
     assert!(manifest["vmm_version"].as_str().unwrap().starts_with("Firecracker v"), "{manifest}");
     fc.ok(&["sandbox", "delete", "v"]);
 }
+
+#[test]
+fn crashes_during_firecracker_snapshots_leave_a_running_guest_and_restorable_snapshots() {
+    let Some(bin) = firecracker() else { return };
+    let fc = Fc::new(bin);
+    fc.ok(&["sandbox", "create", "--name", "cr", "--memory", "128", "--network", "none"]);
+    fc.wait_counts("cr", 0, 2);
+    fc.ok(&["sandbox", "snapshot", "create", "cr", "--snapshot-id", "base", "--resume-source"]);
+    let steps = ["snapshot.paused", "snapshot.sealed", "snapshot.memory_saved", "snapshot.resumed", "snapshot.published"];
+    for (i, step) in steps.iter().enumerate() {
+        let id = format!("c{i}");
+        let out = fc.command(&["sandbox", "snapshot", "create", "cr", "--snapshot-id", &id, "--snapshot-type", "diff", "--resume-source"])
+            .env("SMOLVM_CRASH_AT", step)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), None, "{step}: smolvm should have aborted: {}", String::from_utf8_lossy(&out.stderr));
+        // The next command recovers: the guest runs on, one VMM, and the
+        // next diff snapshot restores where it was taken.
+        let info = fc.ok(&["sandbox", "info", "cr"]);
+        assert_eq!(info["data"]["vm"]["status"], "running", "{step}: {info}");
+        assert_eq!(fc.firecracker_pids().len(), 1, "{step}");
+        let from = fc.offset("cr");
+        fc.wait_counts("cr", from, 2);
+        let at = fc.pause("cr");
+        let after = format!("after{i}");
+        fc.ok(&["sandbox", "snapshot", "create", "cr", "--snapshot-id", &after, "--snapshot-type", "diff"]);
+        fc.restore_continues(&after, "cr", at, &[]);
+        let list = fc.ok(&["sandbox", "snapshot", "list"]);
+        for s in list["data"]["snapshots"].as_array().unwrap() {
+            let id = s["snapshot_id"].as_str().unwrap();
+            let (v, code) = fc.json(&["sandbox", "snapshot", "verify", id]);
+            assert_eq!(code, 0, "{step}: {id} is listed but not intact: {v}");
+        }
+    }
+    fc.ok(&["sandbox", "delete", "cr"]);
+}

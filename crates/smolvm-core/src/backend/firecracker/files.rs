@@ -141,10 +141,13 @@ pub fn merge_layers(layers: &[&Path], dest: &Path) -> io::Result<()> {
 }
 
 /// Re-reads `merged` and checks that every byte comes from the layer that
-/// should own it: the last delta with data there, else the base.
+/// should own it: the last delta with data there, else the base. Ranges
+/// that are holes in the base and in the merge (zeros in both) are known
+/// equal without reading them.
 pub fn verify_merge(layers: &[&Path], merged: &Path) -> io::Result<()> {
     let out = File::open(merged)?;
     let size = out.metadata()?.len();
+    let merged_data = data_extents(&out)?;
     // Ranges already claimed by a later layer.
     let mut claimed: Vec<(u64, u64)> = Vec::new();
     let mut a = vec![0u8; 1 << 20];
@@ -154,8 +157,16 @@ pub fn verify_merge(layers: &[&Path], merged: &Path) -> io::Result<()> {
         if f.metadata()?.len() != size {
             return Err(io::Error::new(io::ErrorKind::InvalidData, format!("{} has another size than the merge", layer.display())));
         }
-        // The base owns everything nobody else claimed, holes included.
-        let extents = if i == 0 { vec![(0, size)] } else { data_extents(&f)? };
+        // The base owns everything nobody else claimed: its data, and
+        // wherever the merge has data (which must then be zeros or the
+        // base's). Elsewhere both are holes.
+        let extents = if i == 0 {
+            let mut all = data_extents(&f)?;
+            all.extend(merged_data.iter().copied());
+            union(all)
+        } else {
+            data_extents(&f)?
+        };
         for (start, end) in extents {
             for (s, e) in subtract(start, end, &claimed) {
                 let mut pos = s;
@@ -177,6 +188,19 @@ pub fn verify_merge(layers: &[&Path], merged: &Path) -> io::Result<()> {
         claimed.sort_unstable();
     }
     Ok(())
+}
+
+/// The union of `ranges` as sorted, disjoint ranges.
+fn union(mut ranges: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    ranges.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for (s, e) in ranges {
+        match out.last_mut() {
+            Some(last) if s <= last.1 => last.1 = last.1.max(e),
+            _ => out.push((s, e)),
+        }
+    }
+    out
 }
 
 /// `[start, end)` minus the (sorted, possibly overlapping) `claimed` ranges.
@@ -321,7 +345,24 @@ mod tests {
     }
 
     #[test]
-    fn subtract_ranges() {
+    fn verify_finds_data_written_into_a_hole_of_every_layer() {
+        let t = tempfile::tempdir().unwrap();
+        let size = 8 << 20;
+        let (base, d1) = (t.path().join("base"), t.path().join("d1"));
+        write_at(&base, size, &[(0, 1)]);
+        write_at(&d1, size, &[(1, 2)]);
+        let merged = t.path().join("merged");
+        let layers = [base.as_path(), d1.as_path()];
+        merge_layers(&layers, &merged).unwrap();
+        verify_merge(&layers, &merged).unwrap();
+        let f = OpenOptions::new().write(true).open(&merged).unwrap();
+        f.write_all_at(&[7], 1000 * 4096).unwrap();
+        assert!(verify_merge(&layers, &merged).is_err());
+    }
+
+    #[test]
+    fn unions_and_subtract_ranges() {
+        assert_eq!(union(vec![(5, 7), (0, 2), (1, 3), (7, 8)]), vec![(0, 3), (5, 8)]);
         assert_eq!(subtract(0, 10, &[]), vec![(0, 10)]);
         assert_eq!(subtract(0, 10, &[(2, 4), (3, 5), (8, 20)]), vec![(0, 2), (5, 8)]);
         assert_eq!(subtract(5, 6, &[(0, 10)]), vec![]);

@@ -255,6 +255,18 @@ fn kernel_cmdline(spec: &LaunchSpec<'_>, tap: Option<&TapPlan>) -> String {
     parts.join(" ")
 }
 
+/// The raw disk layer the sandbox's Firecracker (per its pid file) has
+/// open, found through /proc/<pid>/fd.
+fn open_layer(dir: &Path) -> Option<PathBuf> {
+    let pid: i32 = std::fs::read_to_string(dir.join(crate::sandbox::PIDFILE)).ok()?.trim().parse().ok()?;
+    let ext = format!(".{}", BackendKind::Firecracker.layer_extension());
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()?
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .find(|p| p.to_string_lossy().ends_with(&ext) && p.parent().and_then(Path::file_name).is_some_and(|d| d == "layers"))
+}
+
 /// Makes `dir/disk.raw` point at `target`, atomically.
 fn point_disk(dir: &Path, target: &Path) -> Result<(), BackendError> {
     let tmp = dir.join(format!(".{DISK_LINK}.tmp"));
@@ -404,6 +416,10 @@ impl Backend for FirecrackerBackend {
         drop(log);
         let pid = child.id() as i32;
         guard.child = Some(child);
+        // Lets a later command find (and kill) a Firecracker whose
+        // launcher crashed.
+        let pidfile = spec.dir.join(crate::sandbox::PIDFILE);
+        std::fs::write(&pidfile, format!("{pid}\n")).map_err(io_error(&pidfile))?;
         let process =
             ProcessId::of(pid).ok_or_else(|| BackendError::ExitedEarly { log_tail: log_tail(&spec.dir.join(VMM_LOG), 2000) })?;
         Self::wait_api(spec.dir, guard.child.as_mut().expect("set above"))?;
@@ -562,8 +578,14 @@ impl Backend for FirecrackerBackend {
         if resume {
             self.resume(dir)?;
         }
-        let top = std::fs::read_link(dir.join(DISK_LINK))
-            .ok()
+        // The layer Firecracker really writes to is the raw file it holds
+        // open (a seal renames files under it); the link follows it.
+        let open = open_layer(dir);
+        if let Some(path) = &open {
+            let _ = point_disk(dir, path);
+        }
+        let top = open
+            .or_else(|| std::fs::read_link(dir.join(DISK_LINK)).ok())
             .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()));
         Ok(top)
     }
@@ -577,7 +599,7 @@ impl Backend for FirecrackerBackend {
     }
 
     fn runtime_files(&self, dir: &Path) -> Vec<PathBuf> {
-        [API_SOCKET, VSOCK_SOCKET, RESTORE_MEMORY, LAUNCH_RECORD].iter().map(|f| dir.join(f)).collect()
+        [API_SOCKET, VSOCK_SOCKET, RESTORE_MEMORY, LAUNCH_RECORD, crate::sandbox::PIDFILE].iter().map(|f| dir.join(f)).collect()
     }
 }
 
