@@ -154,7 +154,8 @@ pub trait Backend {
     /// Checks the VMM is installed; returns its version string.
     fn check_installed(&self) -> Result<String, BackendError>;
     /// Creates the sandbox's root disk at `dest` as a copy-on-write layer
-    /// over the image's root filesystem, `size_mib` large.
+    /// over the image's root filesystem (a qcow2 overlay, or a reflinked
+    /// or sparse raw copy), `size_mib` large.
     fn create_disk(&self, image: &Image, dest: &Path, size_mib: u64) -> Result<(), BackendError>;
     /// Starts the VMM; returns once its control channel answers.
     fn launch(&self, spec: &LaunchSpec<'_>) -> Result<ProcessId, BackendError>;
@@ -165,9 +166,11 @@ pub trait Backend {
     /// Ends the VMM: a clean quit through its control channel, then
     /// SIGTERM/SIGKILL after `grace`. Idempotent.
     fn kill(&self, dir: &Path, process: &ProcessId, grace: Duration) -> Result<(), BackendError>;
-    /// Seals the running VM's top disk layer: the VM continues on a new,
-    /// empty overlay at `new_top` (node `new_top_id`) whose backing file is
-    /// the old top (node `top_id`). The VM must be paused or quiesced.
+    /// Seals the running VM's top disk layer: the VM continues on a new
+    /// top layer at `new_top` (id `new_top_id`): an empty overlay backed
+    /// by the old top (QEMU), or a copy-on-write clone of it (raw layers);
+    /// the old top (`top_id`) never changes again. The VM must be paused
+    /// or quiesced.
     fn seal_disk(&self, dir: &Path, top_id: &str, new_top: &Path, new_top_id: &str) -> Result<(), BackendError>;
     /// Writes the paused VM's memory and device state to `dest.memory`
     /// (and `dest.state`, for backends that keep device state in a file of
@@ -200,7 +203,8 @@ pub trait Backend {
         let _ = (recorded_version, state);
         Ok(())
     }
-    /// Creates `dest` as a new writable overlay on the sealed layer `parent`.
+    /// Creates `dest` as a new writable layer on the sealed layer `parent`
+    /// (an overlay, or a copy-on-write clone).
     fn branch_disk(&self, parent: &Path, dest: &Path) -> Result<(), BackendError>;
     /// Brings a VMM that a crashed command left mid-operation (paused,
     /// migrating, disks inactive) back to a usable state, running again if
