@@ -163,8 +163,8 @@ fn state_checks(engine: &Engine, fix: bool) -> Vec<Check> {
         .into_iter()
         .flatten()
         .flatten()
-        .filter_map(|e| e.file_name().to_string_lossy().strip_suffix(".qcow2").map(str::to_string))
-        .filter(|id| Layers::is_valid_id(id) && !referenced.contains(id))
+        .filter_map(|e| Layers::id_of_file(&e.file_name().to_string_lossy()).map(str::to_string))
+        .filter(|id| !referenced.contains(id))
         .collect();
     let found: Vec<String> = unreferenced.iter().map(|id| format!("layer {id} is used by nothing")).collect();
     if fix && !found.is_empty() {

@@ -65,6 +65,15 @@ impl Layers {
             .unwrap_or(own)
     }
 
+    /// The layer id a file name in the layer directory stands for (any
+    /// layer format), if it is one.
+    pub fn id_of_file(name: &str) -> Option<&str> {
+        EXTENSIONS
+            .iter()
+            .find_map(|ext| name.strip_suffix(ext).and_then(|n| n.strip_suffix('.')))
+            .filter(|id| Self::is_valid_id(id))
+    }
+
     /// The directory.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -77,10 +86,8 @@ impl Layers {
         let Ok(entries) = std::fs::read_dir(&self.dir) else { return removed };
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(id) = EXTENSIONS.iter().find_map(|ext| name.strip_suffix(ext).and_then(|n| n.strip_suffix('.'))) else {
-                continue;
-            };
-            if Self::is_valid_id(id) && !referenced.contains(id) && std::fs::remove_file(entry.path()).is_ok() {
+            let Some(id) = Self::id_of_file(&name) else { continue };
+            if !referenced.contains(id) && std::fs::remove_file(entry.path()).is_ok() {
                 removed.push(id.to_string());
             }
         }

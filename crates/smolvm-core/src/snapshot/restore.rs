@@ -258,8 +258,9 @@ fn verify_artifacts(engine: &Engine, snap: &Loaded) -> Result<(), SnapshotError>
     Err(SnapshotError::Damaged { id: snap.manifest.snapshot_id.clone(), reason: problems.join("; ") })
 }
 
-/// Starts the VMM on a fresh overlay of the snapshot's disk and loads its
+/// Starts the VMM on a fresh layer over the snapshot's disk and loads its
 /// memory; for `disk` snapshots, boots from the disk.
+#[allow(clippy::too_many_arguments)]
 fn launch_from(
     engine: &Engine,
     backend: &AnyBackend,
