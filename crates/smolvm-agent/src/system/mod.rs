@@ -24,6 +24,8 @@ pub const CAPABILITIES: [&str; 9] = [
 const MAX_ENTROPY_BYTES: usize = 512;
 /// `_IOW('R', 0x03, int[2])` from linux/random.h (not in the libc crate).
 const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
+/// `_IO('R', 0x07)`: reseed the kernel's CRNG from the input pool now.
+const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
 
 /// Answers Health.
 pub fn health() -> Response {
@@ -89,7 +91,12 @@ fn credit_entropy(bytes: &[u8]) -> io::Result<()> {
     let urandom = File::open("/dev/urandom")?;
     // SAFETY: `info` is laid out as rand_pool_info with buf_size bytes after
     // the two header ints.
-    unsafe { sys::ioctl_ptr(urandom.as_raw_fd(), RNDADDENTROPY, info.as_mut_ptr()) }.map(drop)
+    unsafe { sys::ioctl_ptr(urandom.as_raw_fd(), RNDADDENTROPY, info.as_mut_ptr()) }?;
+    // Credited entropy alone reaches /dev/urandom only at the next periodic
+    // reseed: two guests resumed from one memory image would keep drawing
+    // the same bytes until then. Reseed now.
+    // SAFETY: RNDRESEEDCRNG takes no argument.
+    unsafe { sys::ioctl_ptr(urandom.as_raw_fd(), RNDRESEEDCRNG, std::ptr::null_mut::<u8>()) }.map(drop)
 }
 
 /// Decodes lowercase or uppercase hex of at most `max` bytes.
