@@ -238,6 +238,8 @@ fn counter_guest_disk_snapshot_boots_again_and_lifecycle_cleans_up() {
     // No agent to flush through: a crash-consistent disk is all there is.
     let v = fc.ok(&["sandbox", "snapshot", "create", "d", "--snapshot-id", "disk1", "--snapshot-type", "disk", "--flush-policy", "skip", "--resume-source"]);
     assert_eq!(v["data"]["snapshot"]["artifacts"]["memory_path"], Value::Null, "{v}");
+    // Paused, so nothing the source prints lands after the offset.
+    fc.pause("d");
     let from = fc.offset("d");
     fc.ok(&["sandbox", "snapshot", "restore", "disk1", "--resume"]);
     let counts = fc.wait_counts("d", from, 3);
