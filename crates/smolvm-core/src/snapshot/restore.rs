@@ -141,8 +141,11 @@ fn restore_journaled(
         created_at: existing.as_ref().map(|r| r.created_at.clone()).unwrap_or_else(crate::now_rfc3339),
         updated_at: crate::now_rfc3339(),
     };
-    if existing.is_none() {
-        engine.store().insert_sandbox(&new_row)?;
+    // The new chain is recorded before its top layer file exists, so a
+    // concurrent layer garbage collection never removes it under the VMM.
+    match &existing {
+        None => engine.store().insert_sandbox(&new_row)?,
+        Some(_) => engine.store().set_disk_chain(&name, &new_row.disk_chain)?,
     }
     let attempt = launch_from(engine, backend, snap, plan, &new_row, image, req.resume, new_identity, progress);
     match attempt {
@@ -168,7 +171,8 @@ fn restore_journaled(
             match existing {
                 // The previous disk chain was never touched: the sandbox
                 // is simply stopped on it.
-                Some(_) => {
+                Some(row) => {
+                    let _ = engine.store().set_disk_chain(&name, &row.disk_chain);
                     let _ = engine.store().set_status(&name, SandboxStatus::Stopped, None);
                 }
                 None => {
