@@ -297,6 +297,8 @@ fn run(args: Args) -> Result<()> {
     }
     let b = Bench::prepare(root, &smolvm, agent.as_deref(), args.accel.clone(), started)?;
     let load_start = sys::loadavg();
+    // Taken now: others may commit while the run goes on.
+    let revision = git_revision();
     b.say(&format!(
         "working in {} (load {:.2} {:.2} {:.2})",
         b.root.display(),
@@ -365,7 +367,7 @@ fn run(args: Args) -> Result<()> {
         machine: report.meta.machine.clone(),
         load_start,
         load_end: sys::loadavg(),
-        git_revision: git_revision(),
+        git_revision: revision,
     };
     report.phases = phases.list;
     report.targets = targets::evaluate(&report);

@@ -307,8 +307,13 @@ impl Report {
         let mut s = String::new();
         s.push_str("# smolvm snapshot benchmark\n\n");
         s.push_str(&format!(
-            "`{}` — {} runs per figure, started {} UTC, took {:.0} s, accel {}.\n\n",
-            m.command, m.runs, m.started_at, m.duration_s, m.accel
+            "`{}` — {} runs per figure, started {} UTC at revision {}, took {:.0} s, accel {}.\n\n",
+            m.command,
+            m.runs,
+            m.started_at,
+            if m.git_revision.is_empty() { "?" } else { &m.git_revision },
+            m.duration_s,
+            m.accel
         ));
         let mc = &m.machine;
         s.push_str(&format!(
